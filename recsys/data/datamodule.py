@@ -1,0 +1,215 @@
+"""InteractionDataModule: train batches of (query, positive item) pairs and evaluation queries.
+
+A training example is one nonzero (u, i) of the train matrix. Its query is described by
+the user id, categorical user features and a bag of ids: the user's other train items
+(the target is left out, so the model never sees the answer in its input), or a
+document's words. Bags are padded to ``max_history`` with the pad index ``bag_size``.
+Batches are built whole in ``__getitems__`` (vectorised numpy), not example by example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from recsys.data.dataset import RecData
+from recsys.data.registry import load_dataset
+from recsys.data.synthetic import SyntheticConfig
+from recsys.errors import ConfigError
+
+
+@dataclass
+class Schema:
+    """Sizes the towers and heads need from the data (linked data -> model by the CLI)."""
+
+    n_users: int
+    n_items: int
+    bag_size: int  # ids in a query bag: N for item history, F for document words
+    user_feature_cards: list[int] = field(default_factory=list)  # categories per user field
+    n_item_feature_values: int = 0  # G, e.g. genres
+    item_feature_index: np.ndarray | None = None  # (N, Gmax) genre ids padded with G
+    item_counts: np.ndarray | None = None  # (N,) train frequency (logQ, samplers)
+
+
+def make_schema(data: RecData) -> Schema:
+    """Schema of a ``RecData``."""
+    fi = None
+    if data.item_features is not None:
+        m = data.item_features.tocsr()
+        fi = pad_rows(m.indptr, m.indices, np.arange(m.shape[0]), max(1, int(np.diff(m.indptr).max())),
+                      pad=m.shape[1])
+    return Schema(data.n_users, data.n_items, data.bag_size, data.user_feature_cards,
+                  data.n_item_feature_values, fi, data.item_counts())
+
+
+def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None) -> np.ndarray:
+    """(B, H) int64 ids of CSR ``rows``, padded with ``pad``.
+
+    Rows longer than H: ``rng`` given -> H positions drawn uniformly (with replacement),
+    else H evenly spaced positions (deterministic). ``exclude_pos`` (B,) leaves out that
+    position of each row (the training target).
+    """
+    start = indptr[rows]
+    avail = indptr[rows + 1] - start - (0 if exclude_pos is None else 1)  # (B,)
+    grid = np.arange(H)[None, :]  # (1, H)
+    if rng is None:
+        pos = np.where(avail[:, None] > H, (grid * avail[:, None]) // H, grid)
+    else:
+        pos = np.where(avail[:, None] > H, (rng.random((len(rows), H)) * avail[:, None]).astype(np.int64), grid)
+    valid = grid < avail[:, None]  # (B, H)
+    if exclude_pos is not None:
+        pos = pos + (pos >= exclude_pos[:, None])
+    out = np.full((len(rows), H), pad, dtype=np.int64)
+    out[valid] = indices[(start[:, None] + pos)[valid]]
+    return out
+
+
+class PairDataset(Dataset):
+    """Training pairs; ``__getitems__`` builds a whole batch dict at once."""
+
+    def __init__(self, data: RecData, max_history: int, seed: int = 0):
+        self.data, self.H, self.seed = data, max_history, seed
+        tr = data.train
+        self.indptr, self.items = tr.indptr.astype(np.int64), tr.indices.astype(np.int64)
+        self.users = np.repeat(np.arange(tr.shape[0]), np.diff(tr.indptr))  # (nnz,)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j):
+        return self.__getitems__([j])
+
+    def __getitems__(self, idx) -> dict:
+        idx = np.asarray(idx, dtype=np.int64)  # (B,) positions in the train CSR
+        u, i = self.users[idx], self.items[idx]
+        rng = np.random.default_rng([self.seed, int(idx[0]), int(idx[-1]), len(idx)])
+        batch = {"user": u, "item": i}
+        batch.update(query_inputs(self.data, u, self.H, rng=rng, target_pos=idx - self.indptr[u]))
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def query_inputs(data: RecData, users: np.ndarray, H: int, rng=None, target_pos=None) -> dict:
+    """Bag (B, H) and user features (B, K) of ``users``; history bags leave ``target_pos`` out."""
+    out = {}
+    if H > 0:
+        if data.query_bags is not None:
+            m = data.query_bags
+            out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1], rng=rng)
+        else:
+            m = data.train
+            out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1],
+                                  exclude_pos=target_pos, rng=rng)
+    if data.user_features is not None:
+        out["user_feats"] = data.user_features[users]
+    return out
+
+
+class QueryDataset(Dataset):
+    """Evaluation queries (users with held-out items); deterministic bags."""
+
+    def __init__(self, data: RecData, users: np.ndarray, max_history: int):
+        self.data, self.users, self.H = data, users, max_history
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, j):
+        return self.__getitems__([j])
+
+    def __getitems__(self, idx) -> dict:
+        u = self.users[np.asarray(idx, dtype=np.int64)]
+        batch = {"user": u, **query_inputs(self.data, u, self.H)}
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+
+
+def _batch_identity(batch):
+    """collate_fn: ``__getitems__`` already returns a collated batch."""
+    return batch
+
+
+class InteractionDataModule(L.LightningDataModule):
+    """Loads a named dataset (``recsys.data.registry``) and serves train / eval batches.
+
+    Args:
+        dataset: ``synthetic`` (embedded default), ``ml-100k``, ``ml-1m`` or ``bibtex``.
+        root: data folder (default ``$RECSYS_DATA`` or ``~/.cache/recsys``).
+        split: ``random`` (per-user 8:1:1), ``leave_last_out`` or ``global_time``.
+        seed: split seed (and batch-order seed).
+        batch_size: training pairs per batch (B).
+        eval_batch_size: queries per evaluation batch.
+        max_history: H, ids per query bag (0 disables bags).
+        rating_threshold / k_core: the protocol's filtering (3.0 / 10).
+        synthetic: generator settings for ``dataset: synthetic``.
+        num_workers: DataLoader workers (0: batches are built in the main process).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        root: str | None = None,
+        split: str = "random",
+        seed: int = 0,
+        batch_size: int = 1024,
+        eval_batch_size: int = 4096,
+        max_history: int = 50,
+        rating_threshold: float | None = 3.0,
+        k_core: int = 10,
+        synthetic: SyntheticConfig | None = None,
+        side_features: bool = True,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1 or max_history < 0:
+            raise ConfigError(
+                f"batch_size={batch_size}, max_history={max_history}: need batch_size >= 1 and "
+                "max_history >= 0. Fix: e.g. batch_size=1024, max_history=50."
+            )
+        self.dataset, self.root, self.split, self.seed = dataset, root, split, seed
+        self.batch_size, self.eval_batch_size, self.max_history = batch_size, eval_batch_size, max_history
+        self.rating_threshold, self.k_core = rating_threshold, k_core
+        self.synthetic, self.side_features, self.num_workers = synthetic, side_features, num_workers
+        self._data: RecData | None = None
+
+    @property
+    def data(self) -> RecData:
+        """The loaded ``RecData`` (loaded on first access)."""
+        if self._data is None:
+            self._data = load_dataset(
+                self.dataset, self.root, split=self.split, seed=self.seed,
+                rating_threshold=self.rating_threshold, k_core=self.k_core,
+                synthetic=self.synthetic, side_features=self.side_features,
+            )
+        return self._data
+
+    @property
+    def schema(self) -> Schema:
+        """Sizes for the model (linked by the CLI on instantiation)."""
+        return make_schema(self.data)
+
+    def eval_users(self, split: str) -> np.ndarray:
+        """Queries with at least one held-out item in ``split``."""
+        return np.flatnonzero(np.diff(self.data.truth(split).indptr) > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(PairDataset(self.data, self.max_history, self.seed), batch_size=self.batch_size,
+                          shuffle=True, generator=g, collate_fn=_batch_identity,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Batches of evaluation queries for ``split`` ('valid' or 'test')."""
+        ds = QueryDataset(self.data, self.eval_users(split), self.max_history)
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=_batch_identity)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")

@@ -1,0 +1,95 @@
+"""Hard negatives mined from a FAISS index of the item tower, refreshed during training."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from recsys.heads.base import HeadOutput
+from recsys.heads.inbatch import InBatchSoftmax
+
+
+class HardNegativeSoftmax(InBatchSoftmax):
+    """In-batch (or mixed) softmax plus, per query, the K items the current model ranks
+    highest among those the user has not interacted with.
+
+    The item embeddings are indexed with FAISS (inner product, the training score) and the
+    index is rebuilt every ``refresh_every`` steps by ``HardNegativeIndexRefresh`` (added
+    automatically by ``TwoTowerModule``), so mining costs a k-NN search per batch instead of
+    a full scoring pass. The top ``skip_top`` results are skipped as likely false negatives
+    (unlabelled positives), a trick from ANCE (Xiong et al. 2021) and Facebook search
+    (Huang et al. 2020, "Embedding-based Retrieval in Facebook Search", which also finds
+    that mixing hard with easy negatives works better than hard alone). Known positives are
+    never returned (they are excluded inside the search). Hard negatives are not sampled,
+    so they get no logQ correction; the in-batch part keeps its own.
+
+    Args:
+        num_hard: K hard negatives per query.
+        skip_top: m top-ranked unlabelled items skipped before taking K.
+        refresh_every: steps between index rebuilds (staleness is logged).
+        index: ``flat`` (exact), ``ivf``, ``hnsw`` or ``auto`` (flat below 200k items, else ivf).
+        index_params: parameters of the FAISS retriever (e.g. ``{"nprobe": 8}``).
+        other arguments: as ``InBatchSoftmax`` (logQ, duplicate masking, ``num_uniform``).
+    """
+
+    def __init__(self, num_hard: int = 16, skip_top: int = 0, refresh_every: int = 500,
+                 index: str = "auto", index_params: dict | None = None, logq: str = "static",
+                 mask_duplicates: bool = True, num_uniform: int = 0, temperature: float = 1.0,
+                 learn_temperature: bool = False):
+        super().__init__(logq=logq, mask_duplicates=mask_duplicates, mask_known_positives=True,
+                         num_uniform=num_uniform, temperature=temperature,
+                         learn_temperature=learn_temperature)
+        self.num_hard, self.skip_top, self.refresh_every = num_hard, skip_top, refresh_every
+        self.index, self.index_params = index, dict(index_params or {})
+        self.retriever = None
+        self.steps_since_refresh = 0
+        self.last_refresh_seconds = 0.0
+        self.refresh_count = 0
+
+    def refresh(self, item_embeddings: torch.Tensor) -> float:
+        """Rebuild the index from (N, D) item embeddings; returns the seconds it took."""
+        from recsys.index import make_retriever
+
+        t = time.perf_counter()
+        xb = item_embeddings.detach().float().cpu().numpy()
+        name = self.index if self.index != "auto" else ("flat" if len(xb) < 200_000 else "ivf")
+        self.retriever = make_retriever(name, **self.index_params).build(np.ascontiguousarray(xb))
+        self.steps_since_refresh = 0
+        self.refresh_count += 1
+        self.last_refresh_seconds = time.perf_counter() - t
+        return self.last_refresh_seconds
+
+    def mine(self, q: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """(B, K) hard negative ids (-1 where fewer remain), known positives excluded."""
+        u = users.cpu().numpy()
+        xq = np.ascontiguousarray(q.detach().float().cpu().numpy())
+        _, ids = self.retriever.search(xq, self.num_hard + self.skip_top, exclude=self.known.rows(u))
+        return torch.from_numpy(np.ascontiguousarray(ids[:, self.skip_top:])).to(q.device)
+
+    def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
+        users, items = batch["user"], batch["item"]
+        if self.retriever is None:  # first step without the callback: build once
+            self.refresh(item_tower.embed_all())
+        t = time.perf_counter()
+        hard = self.mine(q, users)  # (B, K)
+        mine_s = time.perf_counter() - t
+        pos, neg, lq_pos, lq_neg, hits = self.candidates(q, users, items, item_tower)
+        v_hard = item_tower(hard.clamp(min=0))  # (B, K, D)
+        s_hard = torch.einsum("bd,bkd->bk", q, v_hard)  # (B, K)
+        hard_hits = (hard < 0) | (hard == items[:, None])
+        neg = torch.cat([neg, s_hard], 1)
+        hits = torch.cat([hits, hard_hits], 1)
+        if lq_neg is not None:  # hard negatives are chosen, not sampled: no correction
+            lq_neg = torch.cat([lq_neg[None, :].expand(len(items), -1), torch.zeros_like(s_hard)], 1)
+        self.steps_since_refresh += int(self.training)
+        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits, extra_logs={
+            "index_staleness": torch.tensor(float(self.steps_since_refresh)),
+            "refresh_seconds": torch.tensor(self.last_refresh_seconds),
+            "mine_seconds": torch.tensor(mine_s),
+            "hard_logit": s_hard.detach().mean(),
+        })
+        if self.streaming is not None and self.training:
+            self.streaming.update(items)
+        return out

@@ -1,0 +1,123 @@
+"""In-batch negatives: the batch's other positives are the negatives."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.errors import ConfigError
+from recsys.heads.base import Head, HeadOutput
+
+
+class StreamingFrequency(nn.Module):
+    """Streaming estimate of each item's expected count per batch (Yi et al., RecSys 2019,
+    "Sampling-bias-corrected neural modeling for large corpus item recommendations").
+
+    For every item seen at step t: gap <- (1 - alpha) gap + alpha (t - last); last <- t.
+    The expected count per batch is 1 / gap. State is kept per item (the paper hashes ids
+    into fewer buckets; with N rows of two floats this is exact and still small).
+    """
+
+    def __init__(self, n_items: int, batch_size_hint: int = 1024, alpha: float = 0.01):
+        super().__init__()
+        self.alpha = alpha
+        self.register_buffer("last", torch.zeros(n_items))
+        self.register_buffer("gap", torch.full((n_items,), max(1.0, n_items / batch_size_hint)))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def log_count(self, ids: torch.Tensor) -> torch.Tensor:
+        """log expected count per batch of ``ids`` (before this step's update)."""
+        return -torch.log(self.gap[ids])
+
+    @torch.no_grad()
+    def update(self, ids: torch.Tensor) -> None:
+        """Record one batch of positives."""
+        self.step += 1
+        u = torch.unique(ids)
+        t = self.step.float()
+        seen = self.last[u] > 0
+        new_gap = (1 - self.alpha) * self.gap[u] + self.alpha * (t - self.last[u])
+        self.gap[u] = torch.where(seen, new_gap, self.gap[u])
+        self.last[u] = t
+
+
+class InBatchSoftmax(Head):
+    """Softmax over the batch's positives, with the corrections that make it work.
+
+    The in-batch candidate distribution is the training unigram, so popular items are
+    over-used as negatives; subtracting log Q = log(B p_j) (Yi et al. 2019) from every logit
+    removes that bias. Items occurring twice in a batch would be both the positive and a
+    negative: ``mask_duplicates`` masks those columns (accidental hits). Mixed negative
+    sampling (Yang et al., WWW 2020, "Mixed Negative Sampling for Learning Two-tower Neural
+    Networks in Recommendations") adds ``num_uniform`` uniform items; every candidate's
+    expected count is then that of the mixture, B p_j + M / N.
+
+    Args:
+        logq: ``static`` (train counts), ``streaming`` (``StreamingFrequency``) or ``none``.
+        mask_duplicates: mask in-batch negatives equal to the row's positive.
+        mask_known_positives: also mask negatives that are train items of the user.
+        num_uniform: M uniform negatives added to the batch's (mixed negatives), 0 = off.
+        streaming_alpha: learning rate of the streaming estimator.
+        temperature / learn_temperature: T.
+    """
+
+    def __init__(self, logq: str = "static", mask_duplicates: bool = True,
+                 mask_known_positives: bool = False, num_uniform: int = 0,
+                 streaming_alpha: float = 0.01, temperature: float = 1.0,
+                 learn_temperature: bool = False):
+        super().__init__(temperature, learn_temperature)
+        if logq not in ("static", "streaming", "none"):
+            raise ConfigError(f"logq='{logq}': need 'static', 'streaming' or 'none'. Fix: pick one.")
+        self.logq, self.mask_duplicates = logq, mask_duplicates
+        self.mask_known_positives, self.num_uniform = mask_known_positives, num_uniform
+        self.streaming_alpha = streaming_alpha
+        self.register_buffer("log_p", torch.empty(0), persistent=False)
+        self.streaming: StreamingFrequency | None = None
+
+    def bind(self, schema, known) -> None:
+        super().bind(schema, known)
+        counts = np.asarray(schema.item_counts, dtype=np.float64) + 1.0  # +1: unseen items
+        self.log_p = torch.from_numpy(np.log(counts / counts.sum())).float()
+        if self.logq == "streaming" and self.streaming is None:
+            self.streaming = StreamingFrequency(schema.n_items, alpha=self.streaming_alpha)
+
+    def candidate_log_q(self, ids: torch.Tensor, B: int) -> torch.Tensor | None:
+        """log expected count of ``ids`` among the candidates of a batch of B (+ M uniform)."""
+        if self.logq == "none":
+            return None
+        if self.logq == "streaming":
+            log_b = self.streaming.log_count(ids)
+        else:
+            log_b = math.log(B) + self.log_p.to(ids.device)[ids]  # log(B p_j)
+        if self.num_uniform:
+            return torch.logaddexp(log_b, torch.full_like(log_b, math.log(self.num_uniform / self.n_items)))
+        return log_b
+
+    def candidates(self, q, users, items, item_tower):
+        """(pos (B,), neg (B, C), log_q_pos, log_q_neg, hits (B, C)) for in-batch (+ uniform)."""
+        B = len(items)
+        cand = items
+        if self.num_uniform:
+            cand = torch.cat([items, torch.randint(self.n_items, (self.num_uniform,), device=items.device)])
+        v = item_tower(cand)  # (C, D), C = B + M
+        pos = (q * v[:B]).sum(-1)  # (B,)
+        neg = q @ v.T  # (B, C)
+        if self.mask_duplicates:
+            hits = cand[None, :] == items[:, None]  # diagonal and duplicates of the positive
+        else:
+            hits = torch.zeros_like(neg, dtype=torch.bool)
+            hits[:, :B] = torch.eye(B, dtype=torch.bool, device=q.device)  # the positive itself
+        if self.mask_known_positives and self.known is not None:
+            hits = hits | self.known.contains(users, cand)
+        lq = self.candidate_log_q(cand, B)
+        return pos, neg, (None if lq is None else lq[:B]), lq, hits
+
+    def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
+        pos, neg, lq_pos, lq_neg, hits = self.candidates(q, batch["user"], batch["item"], item_tower)
+        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits)
+        if self.streaming is not None and self.training:
+            self.streaming.update(batch["item"])
+        return out

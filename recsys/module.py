@@ -1,0 +1,184 @@
+"""TwoTowerModule: injected towers + head + optimizers; full-catalogue validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.data.datamodule import Schema
+from recsys.errors import ConfigError, RecsysError
+from recsys.evaluation import score
+from recsys.heads.base import Head, KnownPositives
+from recsys.heads.hard import HardNegativeSoftmax
+from recsys.heads.inbatch import InBatchSoftmax
+from recsys.optim import MultiOptimizer
+from recsys.towers import ItemTower, QueryTower
+
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+
+
+def _adam(params):
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def _sparse_adam(params):
+    return torch.optim.SparseAdam(params, lr=1e-2)
+
+
+class TwoTowerModule(L.LightningModule):
+    """A query tower, an item tower and a loss head, all injected (YAML ``class_path``).
+
+    Args:
+        schema: data sizes; the CLI links it from the data module (``data.schema``).
+        query_tower: ``QueryTower`` class or a partial (``init_args`` without ``schema``).
+        item_tower: ``ItemTower`` class or partial.
+        head: one of ``recsys.heads``: FullSoftmax, MultiLabelSigmoid, SampledSoftmax,
+            InBatchSoftmax, HardNegativeSoftmax.
+        dense_optimizer: optimizer for dense parameters (MLPs, temperature, biases).
+        sparse_optimizer: optimizer for sparse id tables (``SparseAdam``).
+        eval_ks: cut-offs of the validation / test metrics.
+        eval_index: retriever for validation / test (``exact`` by default).
+    """
+
+    def __init__(
+        self,
+        schema: Any = None,
+        query_tower: Callable[[Schema], QueryTower] = QueryTower,
+        item_tower: Callable[[Schema], ItemTower] = ItemTower,
+        head: Head | None = None,
+        dense_optimizer: OptimizerCallable = _adam,
+        sparse_optimizer: OptimizerCallable = _sparse_adam,
+        eval_ks: list[int] | None = None,
+        eval_index: str = "exact",
+    ):
+        super().__init__()
+        if schema is None:
+            raise ConfigError(
+                "TwoTowerModule needs schema=data.schema (the data sizes). Fix: run through "
+                "`recsys fit`, which links it, or pass schema=datamodule.schema."
+            )
+        self.schema = schema
+        self.query_tower = query_tower(schema)
+        self.item_tower = item_tower(schema)
+        if self.query_tower.dim != self.item_tower.dim:
+            raise ConfigError(
+                f"query tower dim={self.query_tower.dim} != item tower dim={self.item_tower.dim}: "
+                "the score is their inner product, so both must output the same D. "
+                "Fix: set the same dim in both towers."
+            )
+        self.head = head if head is not None else InBatchSoftmax()
+        self.dense_optimizer, self.sparse_optimizer = dense_optimizer, sparse_optimizer
+        self.eval_ks = list(eval_ks or [10, 20])
+        if max(self.eval_ks) > schema.n_items:
+            raise ConfigError(
+                f"eval_ks={self.eval_ks}: k={max(self.eval_ks)} exceeds the catalogue size "
+                f"N={schema.n_items}. Fix: choose k <= {schema.n_items}."
+            )
+        self.eval_index = eval_index
+        self.recsys_config: str | None = None  # resolved YAML, set by the CLI
+        self._eval_buf: list = []
+        self._bound = False
+
+    # ---- setup -----------------------------------------------------------------------
+    def bind(self, data) -> None:
+        """Give the head the train positives and counts (idempotent)."""
+        if not self._bound:
+            self.head.bind(self.schema, KnownPositives(data.train))
+            self.head.to(self.device)
+            self._bound = True
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            self.bind(dm.data)
+
+    def configure_callbacks(self):
+        if isinstance(self.head, HardNegativeSoftmax):
+            from recsys.callbacks import HardNegativeIndexRefresh
+
+            return [HardNegativeIndexRefresh()]
+        return []
+
+    def configure_optimizers(self):
+        sparse_ids = {
+            id(p) for m in self.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for p in m.parameters()
+        }
+        sparse = [p for p in self.parameters() if id(p) in sparse_ids and p.requires_grad]
+        dense = [p for p in self.parameters() if id(p) not in sparse_ids and p.requires_grad]
+        opts = ([self.dense_optimizer(dense)] if dense else []) + (
+            [self.sparse_optimizer(sparse)] if sparse else [])
+        return MultiOptimizer(opts)
+
+    # ---- training --------------------------------------------------------------------
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Query embeddings (B, D)."""
+        return self.query_tower(batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        q = self.query_tower(batch)  # (B, D)
+        out = self.head(q, batch, self.item_tower)
+        if not torch.isfinite(out.loss):
+            raise RecsysError(
+                f"loss is {out.loss.item()} at step {self.global_step} (head "
+                f"{type(self.head).__name__}, temperature {float(self.head.temperature()):.4g}): "
+                "training diverged. Fix: lower the learning rates or raise the temperature."
+            )
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(q))
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log_dict({f"train/{k}": float(v) for k, v in out.logs.items()},
+                          on_step=True, on_epoch=False, batch_size=len(q))
+        return out.loss
+
+    # ---- evaluation ------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._eval_buf = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_buf.append((batch["user"], self.query_tower(batch)))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("valid", "val")
+
+    on_test_epoch_start = on_validation_epoch_start
+    test_step = validation_step
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test", "test")
+
+    def _log_eval(self, split: str, prefix: str) -> None:
+        if not self._eval_buf:
+            return
+        users = torch.cat([u for u, _ in self._eval_buf])
+        xq = torch.cat([q for _, q in self._eval_buf]).float()
+        self._eval_buf = []
+        if self.trainer.world_size > 1:  # every rank scores the gathered queries
+            users = self.all_gather(users).reshape(-1)
+            xq = self.all_gather(xq).reshape(-1, xq.shape[-1])
+        users_np, first = np.unique(users.cpu().numpy(), return_index=True)
+        xb = self.item_tower.embed_all().float().cpu().numpy()
+        res = score(xq.cpu().numpy()[first], users_np, xb, self.trainer.datamodule.data,
+                    split, tuple(self.eval_ks), self.eval_index)
+        vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
+                if isinstance(v, float) and math.isfinite(v)}
+        main = f"{prefix}/ndcg@{min(self.eval_ks)}"
+        self.log(main, vals.pop(main), prog_bar=True)
+        self.log_dict(vals)
+        self.last_eval = res.metrics
+
+    # ---- checkpoint extras -------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        extra = {"config": self.recsys_config}
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            d = dm.data
+            extra.update(dataset=d.name, user_vocab=d.user_vocab.to_state(),
+                         item_vocab=d.item_vocab.to_state(),
+                         item_fingerprint=d.item_vocab.fingerprint())
+        checkpoint["recsys"] = extra

@@ -1,0 +1,147 @@
+"""Query and item towers: inputs -> (B, D) embeddings. No loss, no Lightning.
+
+Each input part (id, bag of ids, categorical features) is embedded to D. Without an MLP
+the parts are summed; with ``hidden`` layers they are concatenated and passed through the
+MLP to D. Id tables are ``sparse`` by default: their gradients touch only the rows a
+batch uses, so a step's cost does not grow with the catalogue (pair them with
+``torch.optim.SparseAdam``; see ``TwoTowerModule``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.data.datamodule import Schema
+from recsys.errors import ConfigError
+
+
+def _mlp(d_in: int, hidden: list[int], d_out: int, dropout: float) -> nn.Module:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(d_in, h), nn.ReLU(), nn.Dropout(dropout)]
+        d_in = h
+    layers.append(nn.Linear(d_in, d_out))
+    return nn.Sequential(*layers)
+
+
+class _Tower(nn.Module):
+    """Shared combine step: sum the parts, or concatenate them through an MLP."""
+
+    def __init__(self, dim: int, n_parts: int, hidden: list[int] | None, dropout: float,
+                 normalize: bool, init_std: float):
+        super().__init__()
+        if dim < 1 or n_parts < 1:
+            raise ConfigError(
+                f"tower dim={dim} with {n_parts} input parts: need dim >= 1 and at least one "
+                "input (id, bag or features). Fix: enable an input or raise dim."
+            )
+        self.dim, self.normalize, self.init_std = dim, normalize, init_std
+        self.mlp = _mlp(dim * n_parts, list(hidden), dim, dropout) if hidden else None
+
+    def _init(self, m: nn.Module) -> None:
+        for mod in m.modules():
+            if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
+                nn.init.normal_(mod.weight, std=self.init_std)
+                if mod.padding_idx is not None:
+                    with torch.no_grad():
+                        mod.weight[mod.padding_idx].zero_()
+
+    def combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(parts, dim=-1) if self.mlp is not None else torch.stack(parts).sum(0)
+        if self.mlp is not None:
+            x = self.mlp(x)  # (B, D)
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+
+class QueryTower(_Tower):
+    """User / document -> (B, D).
+
+    Args:
+        schema: data sizes (linked from the data module by the CLI).
+        dim: D.
+        use_id: embed the user id (off for documents unseen in training, e.g. Bibtex).
+        use_bag: mean-pool the embeddings of the query bag (train history or words);
+            padding is masked out of the mean.
+        use_features: embed categorical user features (one table per field, summed).
+        hidden: MLP widths (empty: parts summed, no MLP).
+        dropout: MLP dropout.
+        normalize: L2-normalise the output (pair with a small temperature).
+        sparse: sparse gradients for the id tables.
+        init_std: std of the normal init of the id tables.
+    """
+
+    def __init__(self, schema: Schema, dim: int = 64, use_id: bool = True, use_bag: bool = True,
+                 use_features: bool = True, hidden: list[int] | None = None, dropout: float = 0.0,
+                 normalize: bool = False, sparse: bool = True, init_std: float = 0.05):
+        use_features = use_features and bool(schema.user_feature_cards)
+        super().__init__(dim, use_id + use_bag + use_features, hidden, dropout, normalize, init_std)
+        self.user_emb = nn.Embedding(schema.n_users, dim, sparse=sparse) if use_id else None
+        self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="mean", sparse=sparse,
+                                        padding_idx=schema.bag_size) if use_bag else None)
+        self.feat_emb = None
+        if use_features:
+            cards = torch.tensor([0] + list(schema.user_feature_cards))
+            self.register_buffer("feat_offsets", torch.cumsum(cards, 0)[:-1], persistent=False)
+            self.feat_emb = nn.Embedding(int(cards.sum()), dim, sparse=sparse)
+        self._init(self)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """``batch``: user (B,), bag (B, H) padded with bag_size, user_feats (B, K)."""
+        parts = []
+        if self.user_emb is not None:
+            parts.append(self.user_emb(batch["user"]))  # (B, D)
+        if self.bag_emb is not None:
+            parts.append(self.bag_emb(batch["bag"]))  # (B, D), mean over non-pad ids
+        if self.feat_emb is not None:
+            parts.append(self.feat_emb(batch["user_feats"] + self.feat_offsets).sum(1))  # (B, D)
+        return self.combine(parts)
+
+
+class ItemTower(_Tower):
+    """Item ids -> (C, D): id embedding plus optional mean-pooled side features (genres).
+
+    Args:
+        schema: data sizes and the (N, Gmax) item feature index.
+        dim, hidden, dropout, normalize, sparse, init_std: as for ``QueryTower``.
+        use_features: embed the item's categorical features (if the data has them).
+    """
+
+    def __init__(self, schema: Schema, dim: int = 64, use_features: bool = True,
+                 hidden: list[int] | None = None, dropout: float = 0.0, normalize: bool = False,
+                 sparse: bool = True, init_std: float = 0.05):
+        use_features = use_features and schema.item_feature_index is not None
+        super().__init__(dim, 1 + use_features, hidden, dropout, normalize, init_std)
+        self.n_items = schema.n_items
+        self.item_emb = nn.Embedding(schema.n_items, dim, sparse=sparse)
+        self.feat_emb = None
+        if use_features:
+            G = schema.n_item_feature_values
+            self.register_buffer("feat_index", torch.as_tensor(schema.item_feature_index))
+            self.feat_emb = nn.EmbeddingBag(G + 1, dim, mode="mean", sparse=sparse, padding_idx=G)
+        self._init(self)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (...,) int64 -> (..., D)."""
+        shape = ids.shape
+        ids = ids.reshape(-1)
+        parts = [self.item_emb(ids)]  # (C, D)
+        if self.feat_emb is not None:
+            parts.append(self.feat_emb(self.feat_index[ids]))  # (C, D)
+        return self.combine(parts).reshape(*shape, self.dim)
+
+    def all(self) -> torch.Tensor:
+        """(N, D) embeddings of the whole catalogue, with gradients (full-catalogue heads).
+
+        Goes through the embedding lookup so sparse tables get (sparse) gradients.
+        """
+        return self(torch.arange(self.n_items, device=self.item_emb.weight.device))
+
+    @torch.no_grad()
+    def embed_all(self, chunk: int = 65536) -> torch.Tensor:
+        """(N, D) catalogue embeddings computed ``chunk`` items at a time, no gradients."""
+        dev = self.item_emb.weight.device
+        out = [self(torch.arange(s, min(s + chunk, self.n_items), device=dev))
+               for s in range(0, self.n_items, chunk)]
+        return torch.cat(out)
