@@ -40,8 +40,9 @@ class TwoTowerModule(L.LightningModule):
         item_tower: ``ItemTower`` class or partial.
         head: one of ``recsys.heads``: FullSoftmax, MultiLabelSigmoid, SampledSoftmax,
             InBatchSoftmax, HardNegativeSoftmax.
-        dense_optimizer: optimizer for dense parameters (MLPs, temperature, biases).
-        sparse_optimizer: optimizer for sparse id tables (``SparseAdam``).
+        dense_optimizer: optimizer for dense parameters (MLPs, temperature, biases);
+            default Adam(lr=1e-3).
+        sparse_optimizer: optimizer for sparse id tables; default SparseAdam(lr=1e-2).
         eval_ks: cut-offs of the validation / test metrics.
         eval_index: retriever for validation / test (``exact`` by default).
     """
@@ -52,8 +53,8 @@ class TwoTowerModule(L.LightningModule):
         query_tower: Callable[[Schema], QueryTower] = QueryTower,
         item_tower: Callable[[Schema], ItemTower] = ItemTower,
         head: Head | None = None,
-        dense_optimizer: OptimizerCallable = _adam,
-        sparse_optimizer: OptimizerCallable = _sparse_adam,
+        dense_optimizer: OptimizerCallable | None = None,
+        sparse_optimizer: OptimizerCallable | None = None,
         eval_ks: list[int] | None = None,
         eval_index: str = "exact",
     ):
@@ -73,7 +74,8 @@ class TwoTowerModule(L.LightningModule):
                 "Fix: set the same dim in both towers."
             )
         self.head = head if head is not None else InBatchSoftmax()
-        self.dense_optimizer, self.sparse_optimizer = dense_optimizer, sparse_optimizer
+        self.dense_optimizer = dense_optimizer or _adam
+        self.sparse_optimizer = sparse_optimizer or _sparse_adam
         self.eval_ks = list(eval_ks or [10, 20])
         if max(self.eval_ks) > schema.n_items:
             raise ConfigError(

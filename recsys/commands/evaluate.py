@@ -1,0 +1,84 @@
+"""``recsys evaluate --ckpt PATH``: full-catalogue metrics of a checkpoint on valid / test.
+
+Writes ``<out>/eval_<split>.json`` (metrics, k list, index, index_recall for approximate
+indexes, checkpoint path) and ``<out>/eval_<split>.md`` (Markdown table) and prints the
+table. ``<out>`` defaults to the checkpoint's run folder (``runs/recsys/version_N``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from recsys.errors import ConfigError
+
+RANK_COLUMNS = ("recall", "ndcg", "mrr", "hit", "coverage")
+
+
+def parse_json_arg(text: str | None, flag: str) -> dict:
+    """A JSON object given on the command line (``{}`` when absent)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{flag} {text!r} is not valid JSON ({e}). Fix: e.g. {flag} "
+                          "'{\"nprobe\": 32}'.") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} {text!r}: need a JSON object. Fix: e.g. {flag} '{{\"nprobe\": 32}}'.")
+    return value
+
+
+def _finite(metrics: dict) -> dict:
+    """JSON-safe metrics: NaN / inf -> None."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def evaluate_checkpoint(ckpt, split: str = "test", ks=(10, 20, 50), index: str = "exact",
+                        index_params: dict | None = None, out=None, data_root=None) -> tuple[dict, str]:
+    """Evaluate ``ckpt``, write ``eval_<split>.json`` / ``.md`` into ``out``; return (report, table)."""
+    from recsys.checkpoint import load_checkpoint
+    from recsys.evaluation import evaluate_model
+    from recsys.metrics import format_table
+
+    ks = sorted({int(k) for k in ks})
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split {split!r}: need 'valid' or 'test'. Fix: pass one of them.")
+    model, dm, meta = load_checkpoint(ckpt, data_root)
+    res = evaluate_model(model, dm, split, ks=tuple(ks), index=index, index_params=index_params)
+    metrics = _finite(res.metrics)
+    report = {
+        "checkpoint": str(Path(ckpt).resolve()), "dataset": meta.dataset, "split": split, "k": ks,
+        "index": index, "index_params": index_params or {}, "n_queries": int(len(res.users)),
+        "metrics": metrics, "epoch": meta.epoch,
+    }
+    if "index_recall" in metrics:
+        report["index_recall"] = metrics["index_recall"]
+    cols = [f"{m}@{k}" for k in ks for m in RANK_COLUMNS] + (["index_recall"] if "index_recall" in metrics else [])
+    name = f"{meta.dataset} {meta.run_dir.name}/{Path(ckpt).stem} ({index}, {split})"
+    table = format_table({name: {c: metrics.get(c) for c in cols}}, cols)
+    out = Path(out) if out is not None else meta.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"eval_{split}.json").write_text(json.dumps(report, indent=2))
+    (out / f"eval_{split}.md").write_text(
+        f"# {meta.dataset}: {split} metrics, full catalogue\n\ncheckpoint: `{report['checkpoint']}`\n\n{table}\n")
+    return report, table
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="recsys evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint written by `recsys fit`")
+    p.add_argument("--k", type=int, nargs="+", default=[10, 20, 50], help="cut-offs (default 10 20 50)")
+    p.add_argument("--index", default="exact", choices=["exact", "flat", "ivf", "hnsw"],
+                   help="retriever (default exact)")
+    p.add_argument("--index-params", default=None, help="retriever parameters as JSON, e.g. '{\"nprobe\": 32}'")
+    p.add_argument("--split", default="test", choices=["test", "valid"])
+    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's run folder)")
+    p.add_argument("--data-root", default=None, help="data folder (default: the fit config's, else $RECSYS_DATA)")
+    a = p.parse_args(argv)
+    _, table = evaluate_checkpoint(a.ckpt, a.split, a.k, a.index, parse_json_arg(a.index_params, "--index-params"),
+                                   a.out, a.data_root)
+    print(table)
