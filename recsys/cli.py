@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from recsys.data.datamodule import InteractionDataModule
+from recsys.errors import RecsysError
 from recsys.module import TwoTowerModule
 
 MONITOR = "val/ndcg@10"
@@ -57,12 +58,28 @@ OWN_COMMANDS = ("demo", "data", "evaluate", "compare", "recommend", "export")
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``recsys`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in OWN_COMMANDS:
-        from recsys import commands
+    try:
+        if argv and argv[0] in OWN_COMMANDS:
+            from recsys import commands
 
-        commands.run(argv[0], argv[1:])
-        return
-    RecsysCLI(args=argv)
+            commands.run(argv[0], argv[1:])
+            return
+        RecsysCLI(args=argv)
+    except RecsysError as e:
+        if not _IS_CONSOLE:  # called from Python (tests, notebooks): keep the exception
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_IS_CONSOLE = False
+
+
+def console() -> None:
+    """The ``recsys`` console script: project errors print one line and exit with code 2."""
+    global _IS_CONSOLE
+    _IS_CONSOLE = True
+    main()
 
 
 if __name__ == "__main__":
