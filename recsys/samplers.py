@@ -40,16 +40,23 @@ class Sampler(nn.Module):
     def proposal(self, counts: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _check_bound(self) -> None:
+        if self.n_items == 0:
+            raise ConfigError(
+                f"{type(self).__name__} used before bind(counts): it has no proposal yet. "
+                "Fix: call head.bind(schema, known) (TwoTowerModule.setup does) first."
+            )
+
     def sample(self, M: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """M draws with replacement: ids (M,) int64 and log expected counts (M,)."""
-        if self.n_items == 0:
-            raise ConfigError("sampler used before bind(counts). Fix: call head.bind(schema) first.")
+        self._check_bound()
         u = torch.rand(M, generator=generator, dtype=torch.float64).to(self.cdf.device) * self.cdf[-1]
         ids = torch.searchsorted(self.cdf, u).clamp_(max=self.n_items - 1)
         return ids, torch.log(M * self.probs[ids])
 
     def log_q(self, ids: torch.Tensor, M: int) -> torch.Tensor:
         """log expected count of ``ids`` in M draws (used for mixtures)."""
+        self._check_bound()
         return torch.log(M * self.probs[ids])
 
 
@@ -63,6 +70,7 @@ class UniformSampler(Sampler):
     def sample(self, M: int, generator: torch.Generator | None = None):
         if self.replacement:
             return super().sample(M, generator)
+        self._check_bound()
         if M > self.n_items:
             raise ConfigError(
                 f"num_negatives={M} without replacement exceeds the catalogue N={self.n_items}. "

@@ -93,6 +93,12 @@ class QueryTower(_Tower):
         if self.user_emb is not None:
             parts.append(self.user_emb(batch["user"]))  # (B, D)
         if self.bag_emb is not None:
+            if "bag" not in batch:
+                raise ConfigError(
+                    f"QueryTower(use_bag=True) got a batch without 'bag' (keys {sorted(batch)}): the "
+                    "data module builds bags only with max_history > 0. Fix: set max_history > 0 "
+                    "or use_bag=False."
+                )
             parts.append(self.bag_emb(batch["bag"]))  # (B, D), mean over non-pad ids
         if self.feat_emb is not None:
             parts.append(self.feat_emb(batch["user_feats"] + self.feat_offsets).sum(1))  # (B, D)
@@ -140,8 +146,16 @@ class ItemTower(_Tower):
 
     @torch.no_grad()
     def embed_all(self, chunk: int = 65536) -> torch.Tensor:
-        """(N, D) catalogue embeddings computed ``chunk`` items at a time, no gradients."""
-        dev = self.item_emb.weight.device
-        out = [self(torch.arange(s, min(s + chunk, self.n_items), device=dev))
-               for s in range(0, self.n_items, chunk)]
-        return torch.cat(out)
+        """(N, D) catalogue embeddings computed ``chunk`` items at a time, no gradients.
+
+        Runs in eval mode (no MLP dropout), so an index built during training from these
+        embeddings is deterministic; the training mode is restored afterwards.
+        """
+        dev, was_training = self.item_emb.weight.device, self.training
+        self.eval()
+        try:
+            out = [self(torch.arange(s, min(s + chunk, self.n_items), device=dev))  # (c, D)
+                   for s in range(0, self.n_items, chunk)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out)  # (N, D)

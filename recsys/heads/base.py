@@ -57,7 +57,9 @@ class KnownPositives:
         if items.dim() == 1:
             items = items[None, :].expand(len(users), -1)
         keys = self.keys.to(users.device)
-        q = users[:, None] * self.N + items
+        q = users[:, None] * self.N + items  # (B, C)
+        if len(keys) == 0:  # no train positives at all
+            return torch.zeros_like(q, dtype=torch.bool)
         pos = torch.searchsorted(keys, q).clamp_(max=len(keys) - 1)
         return keys[pos] == q
 
@@ -94,18 +96,30 @@ class Head(nn.Module):
         self.known, self.n_items = known, schema.n_items
 
     def softmax_loss(self, pos, neg, log_q_pos=None, log_q_neg=None, hits=None, hardest=None,
-                     extra_logs: dict | None = None) -> HeadOutput:
-        """Cross-entropy with the positive in column 0, after the corrections; plus logs."""
+                     extra_logs: dict | None = None, drop=None) -> HeadOutput:
+        """Cross-entropy with the positive in column 0, after the corrections; plus logs.
+
+        pos (B,), neg (B, C) raw scores q . v. ``hits`` (B, C): accidental hits / known
+        positives, masked and counted in ``accidental_hit_rate``. ``drop`` (B, C): columns
+        that are masked but are not negatives at all (the row's own positive among the
+        in-batch candidates, padding), so they are left out of that rate.
+        """
         T = self.temperature()
-        logits = corrected_logits(pos, neg, T, log_q_pos, log_q_neg, hits, hardest)  # (B, 1 + C)
+        removed = hits if drop is None else (drop if hits is None else hits | drop)
+        logits = corrected_logits(pos, neg, T, log_q_pos, log_q_neg, removed, hardest)  # (B, 1 + C)
         loss = F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
         with torch.no_grad():
-            kept = torch.isfinite(logits[:, 1:])
+            kept = torch.isfinite(logits[:, 1:])  # (B, C') negatives that carry mass
+            live = ~removed if removed is not None else torch.ones_like(neg, dtype=torch.bool)
+            candidates = ~drop if drop is not None else torch.ones_like(neg, dtype=torch.bool)
+            rate = torch.tensor(0.0, device=pos.device)
+            if hits is not None:  # share of real candidates that were accidental hits
+                rate = (hits & candidates).sum().float() / candidates.sum().clamp(min=1)
             logs = {
                 "temperature": T.detach(),
                 "pos_logit": pos.mean(),
-                "neg_logit": neg.mean(),
-                "accidental_hit_rate": hits.float().mean() if hits is not None else torch.tensor(0.0),
+                "neg_logit": neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
+                "accidental_hit_rate": rate,
                 "effective_negatives": kept.sum(1).float().mean(),
             }
             logs.update(extra_logs or {})

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from recsys.errors import ConfigError
+
 
 class _ChunkedReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, v, bias, chunk: int, kind: str):
+        if not (isinstance(chunk, int) and chunk >= 1):
+            raise ConfigError(f"chunk={chunk!r}: items per block must be an int >= 1. Fix: e.g. chunk=8192.")
         B, N = q.shape[0], v.shape[0]
         out = torch.full((B,), float("-inf") if kind == "lse" else 0.0, dtype=q.dtype, device=q.device)
         for s in range(0, N, chunk):
@@ -42,7 +46,7 @@ class _ChunkedReduce(torch.autograd.Function):
                 gb = gb + w.sum()
             gq += w @ vc
             gv[s:s + ctx.chunk] = w.T @ q
-        return gq, gv, gb, None, None
+        return gq, gv, gb.to(bias.dtype), None, None
 
 
 def chunked_logsumexp(q: torch.Tensor, v: torch.Tensor, chunk: int = 8192) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from recsys.heads.base import HeadOutput
@@ -61,30 +62,41 @@ class HardNegativeSoftmax(InBatchSoftmax):
         self.last_refresh_seconds = time.perf_counter() - t
         return self.last_refresh_seconds
 
-    def mine(self, q: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        """(B, K) hard negative ids (-1 where fewer remain), known positives excluded."""
+    def mine(self, q: torch.Tensor, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) hard negative ids (-1 where fewer remain); the users' known positives and
+        (if given) the batch positives ``items`` are excluded inside the search."""
         u = users.cpu().numpy()
         xq = np.ascontiguousarray(q.detach().float().cpu().numpy())
-        _, ids = self.retriever.search(xq, self.num_hard + self.skip_top, exclude=self.known.rows(u))
-        return torch.from_numpy(np.ascontiguousarray(ids[:, self.skip_top:])).to(q.device)
+        exclude = self.known.rows(u)  # (B, N) CSR
+        if items is not None:  # the positive may be a held-out item, not a train one
+            B, N = exclude.shape
+            own = sp.csr_matrix((np.ones(B, dtype=exclude.dtype), (np.arange(B), items.cpu().numpy())),
+                                shape=(B, N))
+            exclude = exclude + own
+        kk = min(self.num_hard + self.skip_top, self.retriever.N)  # search needs k <= N
+        _, ids = self.retriever.search(xq, kk, exclude=exclude)  # (B, kk), -1 padded
+        ids = ids[:, self.skip_top:]
+        if ids.shape[1] < self.num_hard:  # tiny catalogue: pad to K with -1 (masked)
+            ids = np.pad(ids, ((0, 0), (0, self.num_hard - ids.shape[1])), constant_values=-1)
+        return torch.from_numpy(np.ascontiguousarray(ids)).to(q.device)  # (B, K)
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
         users, items = batch["user"], batch["item"]
         if self.retriever is None:  # first step without the callback: build once
             self.refresh(item_tower.embed_all())
         t = time.perf_counter()
-        hard = self.mine(q, users)  # (B, K)
+        hard = self.mine(q, users, items)  # (B, K)
         mine_s = time.perf_counter() - t
-        pos, neg, lq_pos, lq_neg, hits = self.candidates(q, users, items, item_tower)
+        pos, neg, lq_pos, lq_neg, hits, own = self.candidates(q, users, items, item_tower)
         v_hard = item_tower(hard.clamp(min=0))  # (B, K, D)
         s_hard = torch.einsum("bd,bkd->bk", q, v_hard)  # (B, K)
-        hard_hits = (hard < 0) | (hard == items[:, None])
-        neg = torch.cat([neg, s_hard], 1)
-        hits = torch.cat([hits, hard_hits], 1)
+        neg = torch.cat([neg, s_hard], 1)  # (B, C + K)
+        hits = torch.cat([hits, hard == items[:, None]], 1)  # the positive (only if not a known one)
+        drop = torch.cat([own, hard < 0], 1)  # own positive and -1 padding: no candidates
         if lq_neg is not None:  # hard negatives are chosen, not sampled: no correction
             lq_neg = torch.cat([lq_neg[None, :].expand(len(items), -1), torch.zeros_like(s_hard)], 1)
         self.steps_since_refresh += int(self.training)
-        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits, extra_logs={
+        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits, drop=drop, extra_logs={
             "index_staleness": torch.tensor(float(self.steps_since_refresh)),
             "refresh_seconds": torch.tensor(self.last_refresh_seconds),
             "mine_seconds": torch.tensor(mine_s),

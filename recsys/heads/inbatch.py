@@ -79,7 +79,8 @@ class InBatchSoftmax(Head):
 
     def bind(self, schema, known) -> None:
         super().bind(schema, known)
-        counts = np.asarray(schema.item_counts, dtype=np.float64) + 1.0  # +1: unseen items
+        counts = (np.zeros(schema.n_items) if schema.item_counts is None  # no counts: uniform
+                  else np.asarray(schema.item_counts, dtype=np.float64)) + 1.0  # +1: unseen items
         self.log_p = torch.from_numpy(np.log(counts / counts.sum())).float()
         if self.logq == "streaming" and self.streaming is None:
             self.streaming = StreamingFrequency(schema.n_items, alpha=self.streaming_alpha)
@@ -97,7 +98,14 @@ class InBatchSoftmax(Head):
         return log_b
 
     def candidates(self, q, users, items, item_tower):
-        """(pos (B,), neg (B, C), log_q_pos, log_q_neg, hits (B, C)) for in-batch (+ uniform)."""
+        """(pos (B,), neg (B, C), log_q_pos, log_q_neg, hits (B, C), own (B, C)) for in-batch
+        (+ uniform) candidates, C = B + M.
+
+        ``own`` marks column b of row b: the row's positive itself, always masked (it is
+        column 0 already) and not an accidental hit. ``hits`` marks true accidental hits:
+        other columns holding the same item (``mask_duplicates``) or a train item of the
+        user (``mask_known_positives``).
+        """
         B = len(items)
         cand = items
         if self.num_uniform:
@@ -105,19 +113,19 @@ class InBatchSoftmax(Head):
         v = item_tower(cand)  # (C, D), C = B + M
         pos = (q * v[:B]).sum(-1)  # (B,)
         neg = q @ v.T  # (B, C)
+        own = torch.zeros_like(neg, dtype=torch.bool)
+        own[:, :B] = torch.eye(B, dtype=torch.bool, device=q.device)  # the positive itself
+        hits = torch.zeros_like(own)
         if self.mask_duplicates:
-            hits = cand[None, :] == items[:, None]  # diagonal and duplicates of the positive
-        else:
-            hits = torch.zeros_like(neg, dtype=torch.bool)
-            hits[:, :B] = torch.eye(B, dtype=torch.bool, device=q.device)  # the positive itself
+            hits = (cand[None, :] == items[:, None]) & ~own  # duplicates of the positive
         if self.mask_known_positives and self.known is not None:
-            hits = hits | self.known.contains(users, cand)
+            hits = hits | (self.known.contains(users, cand) & ~own)
         lq = self.candidate_log_q(cand, B)
-        return pos, neg, (None if lq is None else lq[:B]), lq, hits
+        return pos, neg, (None if lq is None else lq[:B]), lq, hits, own
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
-        pos, neg, lq_pos, lq_neg, hits = self.candidates(q, batch["user"], batch["item"], item_tower)
-        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits)
+        pos, neg, lq_pos, lq_neg, hits, own = self.candidates(q, batch["user"], batch["item"], item_tower)
+        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits, drop=own)
         if self.streaming is not None and self.training:
             self.streaming.update(batch["item"])
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from recsys.heads.base import Head, HeadOutput
@@ -41,7 +42,8 @@ class SampledSoftmax(Head):
 
     def bind(self, schema, known) -> None:
         super().bind(schema, known)
-        self.sampler.bind(schema.item_counts)
+        counts = schema.item_counts if schema.item_counts is not None else np.zeros(schema.n_items)
+        self.sampler.bind(counts)  # no counts: every item equally popular
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
         users, items = batch["user"], batch["item"]

@@ -24,9 +24,12 @@ class MultiLabelSigmoid(Head):
 
     Sampled mode (``num_negatives=k``): the example's positive plus k uniform negatives
     shared across the batch; negatives that are known positives of the query are dropped;
-    each kept negative is weighted by ``negative_weight`` (default (N - 1) / k, so the
-    sampled negative sum is an unbiased estimate of the full one under uniform sampling):
+    each kept negative is weighted by ``negative_weight`` (default N / k):
         loss = softplus(-l_+) + w * sum_{j in S, j not in P(u)} softplus(l_j)
+    Each of the k draws is uniform over all N items, so
+        E[sum_{j in S, j not in P(u)} softplus(l_j)] = (k / N) sum_{j not in P(u)} softplus(l_j)
+    and w = N / k makes the sampled negative term an unbiased estimate of the full one
+    (the known positives a draw may hit are dropped, not redrawn, hence N and not N - 1).
     Set ``negative_weight=1`` for the classic unweighted form.
 
     Args:
@@ -79,10 +82,12 @@ class MultiLabelSigmoid(Head):
         pos = (qs * item_tower(items)).sum(-1) + self.bias  # (B,)
         neg = qs @ item_tower(cand).T + self.bias  # (B, k)
         hits = self.hits_mask(users, items, cand, mask_known=True)  # (B, k)
-        w = self.negative_weight if self.negative_weight is not None else (N - 1) / k
+        w = self.negative_weight if self.negative_weight is not None else N / k  # unbiased
         loss = (F.softplus(-pos) + w * (F.softplus(neg) * (~hits)).sum(1)).mean()
         with torch.no_grad():
-            logs = {"temperature": T.detach(), "pos_logit": pos.mean(), "neg_logit": neg.mean(),
+            live = ~hits  # (B, k) negatives that count
+            logs = {"temperature": T.detach(), "pos_logit": pos.mean(),
+                    "neg_logit": neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
                     "accidental_hit_rate": hits.float().mean(),
                     "effective_negatives": (~hits).sum(1).float().mean()}
         return HeadOutput(loss, logs)

@@ -1,0 +1,132 @@
+"""Tests for recsys.towers: bags, sparse gradients, catalogue embedding, MLP, normalisation."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.data.datamodule import Schema
+from recsys.errors import ConfigError
+from recsys.towers import ItemTower, QueryTower
+
+PAD = 7  # bag_size: the pad id of query bags
+
+
+def schema(**kw) -> Schema:
+    return Schema(n_users=5, n_items=7, bag_size=7, **kw)
+
+
+def test_bag_mean_ignores_padding():
+    torch.manual_seed(0)
+    t = QueryTower(schema(), dim=4, use_id=False, use_bag=True, use_features=False, sparse=False)
+    E = t.bag_emb.weight  # (bag_size + 1, D)
+    out = t({"bag": torch.tensor([[3, PAD, PAD], [3, 5, PAD], [PAD, PAD, PAD]])})
+    torch.testing.assert_close(out[0], E[3])  # [a, pad, pad] -> emb(a), not emb(a) / 3
+    torch.testing.assert_close(out[1], (E[3] + E[5]) / 2)
+    torch.testing.assert_close(out[2], torch.zeros(4))  # an empty bag is zero
+    out.sum().backward()
+    assert (t.bag_emb.weight.grad[PAD] == 0).all()  # the pad row never learns
+
+
+def test_query_parts_are_summed_without_mlp():
+    torch.manual_seed(0)
+    t = QueryTower(schema(user_feature_cards=[2, 3]), dim=4, sparse=False)
+    b = {"user": torch.tensor([1]), "bag": torch.tensor([[2, PAD]]), "user_feats": torch.tensor([[1, 2]])}
+    # feature field 2 is offset by the 2 categories of field 1: rows 1 and 2 + 2 = 4
+    exp = t.user_emb.weight[1] + t.bag_emb.weight[2] + t.feat_emb.weight[1] + t.feat_emb.weight[4]
+    torch.testing.assert_close(t(b)[0], exp)
+
+
+def test_sparse_tables_give_sparse_grads():
+    s = schema(user_feature_cards=[2], n_item_feature_values=3,
+               item_feature_index=np.array([[0, 3], [1, 2], [3, 3], [0, 1], [2, 3], [1, 3], [0, 2]]))
+    q, i = QueryTower(s, dim=4, sparse=True), ItemTower(s, dim=4, sparse=True)
+    b = {"user": torch.tensor([0, 1]), "bag": torch.tensor([[1, PAD], [2, 4]]),
+         "user_feats": torch.tensor([[0], [1]])}
+    (q(b) * i(torch.tensor([3, 5]))).sum().backward()
+    for p in (q.user_emb.weight, q.bag_emb.weight, q.feat_emb.weight, i.item_emb.weight, i.feat_emb.weight):
+        assert p.grad is not None and p.grad.is_sparse
+    assert set(i.item_emb.weight.grad.coalesce().indices()[0].tolist()) == {3, 5}  # only used rows
+    dense = ItemTower(s, dim=4, sparse=False)
+    dense(torch.tensor([0])).sum().backward()
+    assert not dense.item_emb.weight.grad.is_sparse
+
+
+def test_item_features_mean_ignores_padding():
+    torch.manual_seed(0)
+    s = schema(n_item_feature_values=3, item_feature_index=np.array([[0, 3], [1, 2]] + [[3, 3]] * 5))
+    t = ItemTower(s, dim=4, sparse=False)
+    out = t(torch.tensor([0, 1, 2]))
+    F, E = t.feat_emb.weight, t.item_emb.weight
+    torch.testing.assert_close(out[0], E[0] + F[0])
+    torch.testing.assert_close(out[1], E[1] + (F[1] + F[2]) / 2)
+    torch.testing.assert_close(out[2], E[2])  # no features: the id part only
+
+
+def test_embed_all_equals_forward_in_chunks():
+    torch.manual_seed(0)
+    t = ItemTower(schema(), dim=4, hidden=[8])
+    ref = t(torch.arange(7))
+    for chunk in (1, 3, 7, 100):
+        out = t.embed_all(chunk=chunk)
+        assert out.shape == (7, 4) and not out.requires_grad
+        torch.testing.assert_close(out, ref.detach())
+    torch.testing.assert_close(t.all(), ref)
+    assert t.all().requires_grad
+
+
+def test_embed_all_has_no_dropout_and_keeps_the_mode():
+    torch.manual_seed(0)
+    t = ItemTower(schema(), dim=4, hidden=[32], dropout=0.5)
+    t.train()
+    a, b = t.embed_all(chunk=3), t.embed_all(chunk=3)
+    torch.testing.assert_close(a, b)  # deterministic: the index is built from the eval tower
+    assert t.training
+    t.eval()
+    torch.testing.assert_close(a, t(torch.arange(7)).detach())
+
+
+def test_item_forward_keeps_leading_shape():
+    t = ItemTower(schema(), dim=4)
+    assert t(torch.tensor([[0, 1, 2], [3, 4, 5]])).shape == (2, 3, 4)
+
+
+def test_hidden_mlp_path_shape():
+    s = schema(user_feature_cards=[2])
+    q = QueryTower(s, dim=6, hidden=[16, 8], dropout=0.1)
+    i = ItemTower(s, dim=6, hidden=[5])
+    assert q.mlp is not None and q.mlp[0].in_features == 3 * 6  # id + bag + features concatenated
+    b = {"user": torch.tensor([0, 1, 2]), "bag": torch.tensor([[1, PAD]] * 3),
+         "user_feats": torch.tensor([[0], [1], [0]])}
+    assert q(b).shape == (3, 6)
+    assert i(torch.tensor([0, 6])).shape == (2, 6)
+
+
+def test_normalize_gives_unit_norm():
+    s = schema()
+    q = QueryTower(s, dim=4, normalize=True, hidden=[8])
+    i = ItemTower(s, dim=4, normalize=True)
+    b = {"user": torch.arange(5), "bag": torch.tensor([[1, PAD]] * 5)}
+    torch.testing.assert_close(q(b).norm(dim=-1), torch.ones(5))
+    torch.testing.assert_close(i.embed_all().norm(dim=-1), torch.ones(7))
+
+
+def test_no_input_parts_raises():
+    with pytest.raises(ConfigError, match="Fix:"):
+        QueryTower(schema(), use_id=False, use_bag=False, use_features=False)
+
+
+def test_missing_bag_raises():
+    with pytest.raises(ConfigError, match="max_history.*Fix:"):
+        QueryTower(schema(), dim=4)({"user": torch.tensor([0])})
+
+
+def test_mismatched_tower_dims_caught_by_module():
+    from recsys.module import TwoTowerModule
+
+    with pytest.raises(ConfigError, match="dim=8.*dim=16.*Fix:"):
+        TwoTowerModule(schema=schema(), query_tower=partial(QueryTower, dim=8),
+                       item_tower=partial(ItemTower, dim=16))
