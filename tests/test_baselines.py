@@ -1,0 +1,112 @@
+"""Baselines: EASE equals the brute-force ridge regressions, seen items are never returned,
+popularity orders by count, ALS runs, and evaluation matches recsys.evaluation.score."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys.baselines import ALS, EASE, Popularity, evaluate_baseline, make_baseline
+from recsys.errors import ConfigError
+from recsys.evaluation import score
+from tests.conftest import TINY
+
+
+def _random_binary(U=30, N=9, p=0.35, seed=0) -> sp.csr_matrix:
+    X = (np.random.default_rng(seed).random((U, N)) < p).astype(np.float32)
+    X[0, :] = 0.0  # a user without history
+    return sp.csr_matrix(X)
+
+
+def test_ease_equals_per_item_ridge_with_zero_diagonal():
+    X, lam = _random_binary(), 3.0
+    B = EASE(lambda_=lam).fit(X).B.astype(np.float64)  # (N, N)
+    Xd = X.toarray().astype(np.float64)
+    N = Xd.shape[1]
+    assert np.all(np.diag(B) == 0.0), np.diag(B)
+    for j in range(N):
+        # column j: argmin_b ||X_j - X_{-j} b||^2 + lam ||b||^2 (item j may not predict itself)
+        o = [i for i in range(N) if i != j]
+        A = Xd[:, o]
+        b = np.linalg.solve(A.T @ A + lam * np.eye(N - 1), A.T @ Xd[:, j])
+        np.testing.assert_allclose(B[o, j], b, rtol=1e-4, atol=1e-6)
+
+
+def test_ease_topk_is_brute_force_with_seen_items_excluded():
+    X = _random_binary(U=40, N=12, seed=1)
+    m = EASE(lambda_=2.0).fit(X)
+    users = np.arange(40)
+    I = m.topk(users, 5, exclude=X)  # exclude each user's own history
+    S = X.toarray() @ m.B  # (U, N) scores X B
+    S[X.toarray() > 0] = -np.inf
+    for u in users:
+        row = [i for i in I[u] if i >= 0]
+        assert not set(row) & set(X[u].indices), (u, row, X[u].indices)
+        np.testing.assert_allclose(S[u, row], np.sort(S[u])[::-1][: len(row)], rtol=1e-5, atol=1e-6)
+
+
+def test_popularity_orders_by_count_ties_by_id_and_excludes_seen():
+    # item counts: [2, 1, 3, 1, 0]
+    X = sp.csr_matrix(np.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [0, 0, 1, 0, 0]], dtype=np.float32))
+    m = Popularity().fit(X)
+    np.testing.assert_array_equal(m.counts, [2, 1, 3, 1, 0])
+    I = m.topk(np.array([2, 0]), 4)
+    np.testing.assert_array_equal(I, [[2, 0, 1, 3], [2, 0, 1, 3]])  # 1 and 3 tie: smaller id first
+    I = m.topk(np.array([2, 0]), 3, exclude=X[[2, 0]])
+    np.testing.assert_array_equal(I, [[0, 1, 3], [3, 4, -1]])  # user 0 has only 2 unseen items: pad
+
+
+def test_als_runs_on_a_tiny_matrix():
+    pytest.importorskip("implicit", reason="ALS needs the `implicit` package (pip install 'recsys[bench]')")
+    X = _random_binary(U=25, N=10, seed=2)
+    m = ALS(factors=4, iterations=3, regularization=0.1, seed=0, num_threads=1).fit(X)
+    assert m.user_factors.shape == (25, 4) and m.xb.shape == (10, 4)
+    I = m.topk(np.arange(25), 3, exclude=X)
+    for u in range(25):
+        assert not set(I[u][I[u] >= 0]) & set(X[u].indices)
+    again = ALS(factors=4, iterations=3, regularization=0.1, seed=0, num_threads=1).fit(X)
+    np.testing.assert_allclose(again.xb, m.xb, rtol=1e-5)  # seeded
+
+
+def test_als_without_implicit_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "implicit.cpu.als", None)  # import raises ImportError
+    with pytest.raises(ConfigError, match="bench"):
+        ALS(factors=2, iterations=1).fit(_random_binary())
+
+
+def test_bad_arguments_raise_config_errors():
+    with pytest.raises(ConfigError, match="lambda_"):
+        EASE(lambda_=0.0)
+    with pytest.raises(ConfigError, match="max_items"):
+        EASE(max_items=5).fit(_random_binary(N=9))
+    with pytest.raises(ConfigError, match="unknown"):
+        make_baseline("bpr")
+    with pytest.raises(ConfigError, match="before fit"):
+        Popularity().topk(np.arange(2), 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    from recsys.data import load_dataset
+
+    return load_dataset("synthetic", synthetic=dict(TINY))
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_evaluate_baseline_matches_score_on_the_same_embeddings(tiny_data, split):
+    d = tiny_data
+    ks = (5, 10)
+    for m in (Popularity().fit(d), EASE(50.0).fit(d)):
+        res = evaluate_baseline(m, d, split, ks)
+        users = np.flatnonzero(np.diff(d.truth(split).indptr) > 0)
+        ref = score(m.embed_users(users), users, m.xb, d, split, ks)
+        np.testing.assert_array_equal(res.I, ref.I)
+        for k in ref.metrics:
+            if k != "search_seconds":
+                assert res.metrics[k] == pytest.approx(ref.metrics[k], nan_ok=True), k
+    models = (EASE(50.0).fit(d), Popularity().fit(d))
+    ease, pop = (evaluate_baseline(m, d, split, ks).metrics["ndcg@10"] for m in models)
+    assert ease > pop  # the planted clusters are learnable
