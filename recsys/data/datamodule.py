@@ -141,7 +141,9 @@ class InteractionDataModule(L.LightningDataModule):
         seed: split seed (and batch-order seed).
         batch_size: training pairs per batch (B).
         eval_batch_size: queries per evaluation batch.
-        max_history: H, ids per query bag (0 disables bags).
+        max_history: H, ids per query bag in training (0 disables bags); each step draws
+            H of the user's other train items, which also acts as input dropout.
+        eval_max_history: ids per bag at evaluation; None = the whole train history.
         rating_threshold / k_core: the protocol's filtering (3.0 / 10).
         synthetic: generator settings for ``dataset: synthetic``.
         num_workers: DataLoader workers (0: batches are built in the main process).
@@ -156,6 +158,7 @@ class InteractionDataModule(L.LightningDataModule):
         batch_size: int = 1024,
         eval_batch_size: int = 4096,
         max_history: int = 50,
+        eval_max_history: int | None = None,
         rating_threshold: float | None = 3.0,
         k_core: int = 10,
         synthetic: SyntheticConfig | None = None,
@@ -172,6 +175,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.max_history = batch_size, eval_batch_size, max_history
         self.rating_threshold, self.k_core = rating_threshold, k_core
         self.synthetic, self.side_features, self.num_workers = synthetic, side_features, num_workers
+        self.eval_max_history = eval_max_history
         self._data: RecData | None = None
 
     @property
@@ -195,14 +199,25 @@ class InteractionDataModule(L.LightningDataModule):
         return np.flatnonzero(np.diff(self.data.truth(split).indptr) > 0)
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(PairDataset(self.data, self.max_history, self.seed), batch_size=self.batch_size,
-                          shuffle=True, generator=g, collate_fn=_batch_identity,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        """Shuffled pairs; the order of epoch e is a function of (seed, e) only, this process's
+        share of it under DDP, and the loader resumes mid-epoch (``recsys.distributed``)."""
+        from recsys.distributed import EpochSampler, ResumableLoader
+
+        trainer = getattr(self, "trainer", None)  # resumed fit: start at the restored epoch
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        ds = PairDataset(self.data, self.max_history, self.seed)
+        g = torch.Generator().manual_seed(self.seed)  # worker seeds: never the global RNG
+        return ResumableLoader(ds, batch_size=self.batch_size, sampler=EpochSampler(ds, self.seed, epoch),
+                               generator=g, collate_fn=_batch_identity, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Batches of evaluation queries for ``split`` ('valid' or 'test')."""
-        ds = QueryDataset(self.data, self.eval_users(split), self.max_history)
+        H = self.eval_max_history
+        if H is None:  # the longest bag among all queries
+            m = self.data.query_bags if self.data.query_bags is not None else self.data.train
+            H = int(np.diff(m.indptr).max()) if self.max_history > 0 else 0
+        ds = QueryDataset(self.data, self.eval_users(split), H)
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=_batch_identity)
 
     def val_dataloader(self) -> DataLoader:
