@@ -27,9 +27,8 @@ import scipy.sparse as sp
 
 from recsys.data.dataset import RecData
 from recsys.errors import ConfigError, DataError
-from recsys.evaluation import EvalResult
+from recsys.evaluation import EvalResult, score_topk
 from recsys.index import ExactRetriever
-from recsys.metrics import evaluate, per_user_metrics
 
 __all__ = ["Baseline", "Popularity", "EASE", "ALS", "BASELINES", "make_baseline", "evaluate_baseline"]
 
@@ -252,11 +251,8 @@ def evaluate_baseline(model: Baseline, data: RecData, split: str = "test",
     ks = tuple(ks)
     truth_all = data.truth(split)
     users = np.flatnonzero(np.diff(truth_all.indptr) > 0)  # as InteractionDataModule.eval_users
-    exclude, truth = data.seen(split)[users], truth_all[users]
     t = time.perf_counter()
-    I = model.topk(users, max(ks), exclude=exclude)  # (Q, k)
+    I = model.topk(users, max(ks), exclude=data.seen(split)[users])  # (Q, k)
     secs = time.perf_counter() - t
-    m = evaluate(I, truth, ks, item_counts=data.item_counts())
-    m["search_seconds"] = secs
     logger.info("%s: scored %d %s users in %.2fs", model, len(users), split, secs)
-    return EvalResult(m, per_user_metrics(I, truth, ks), users, I)
+    return score_topk(I, users, data, split, ks, seconds=secs)

@@ -56,19 +56,29 @@ def score(
     """
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     xb = np.ascontiguousarray(xb, dtype=np.float32)
-    k = max(ks)
     exclude = data.seen(split)[users]
-    truth = data.truth(split)[users]
     t = time.perf_counter()
     retriever = make_retriever(index, **(index_params or {})).build(xb)
-    _, I = retriever.search(xq, k, exclude=exclude)
-    secs = time.perf_counter() - t
-    m = evaluate(I, truth, ks, item_counts=data.item_counts())
-    m["search_seconds"] = secs
+    _, I = retriever.search(xq, max(ks), exclude=exclude)
+    res = score_topk(I, users, data, split, ks, seconds=time.perf_counter() - t)
     if not retriever.is_exact:
-        _, I_exact = make_retriever("exact").build(xb).search(xq, k, exclude=exclude)
-        m["index_recall"] = recall_vs_exact(I, I_exact)
-    logger.info("scored %d queries over %d items with %s in %.2fs", len(xq), len(xb), index, secs)
+        _, I_exact = make_retriever("exact").build(xb).search(xq, max(ks), exclude=exclude)
+        res.metrics["index_recall"] = recall_vs_exact(I, I_exact)
+    logger.info("scored %d queries over %d items with %s in %.2fs", len(xq), len(xb), index,
+                res.metrics["search_seconds"])
+    return res
+
+
+def score_topk(I: np.ndarray, users: np.ndarray, data: RecData, split: str = "valid",
+               ks: tuple[int, ...] = (10, 20), seconds: float = float("nan")) -> EvalResult:
+    """Metrics of top-k lists ``I`` (Q, k) of ``users`` (Q,) against ``split``'s held-out items.
+
+    The one place where means, per-user values and catalogue metrics are computed, for
+    two-tower models (``score``) and baselines (``recsys.baselines.evaluate_baseline``) alike.
+    """
+    truth = data.truth(split)[users]
+    m = evaluate(I, truth, ks, item_counts=data.item_counts())
+    m["search_seconds"] = seconds
     return EvalResult(m, per_user_metrics(I, truth, ks), users, I)
 
 

@@ -8,20 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
-
-
-def popularity_topk(data, split: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Users with held-out items and their top-k by train popularity, seen items excluded."""
-    from recsys.index import ExactRetriever
-
-    users = np.flatnonzero(np.diff(data.truth(split).indptr) > 0)
-    xb = data.item_counts().astype(np.float32)[:, None]  # (N, 1): score = count
-    xq = np.ones((len(users), 1), dtype=np.float32)
-    _, I = ExactRetriever().build(xb).search(xq, k, exclude=data.seen(split)[users])
-    return users, I
 
 
 def main(argv: list[str]) -> None:
@@ -32,9 +19,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--root-dir", default="runs/demo", help="where checkpoints and logs go")
     a = p.parse_args(argv)
 
+    from recsys.baselines import Popularity, evaluate_baseline
     from recsys.cli import RecsysCLI
     from recsys.evaluation import evaluate_model
-    from recsys.metrics import evaluate, format_table
+    from recsys.metrics import format_table
 
     args = ["--config", str(CONFIGS / f"{a.head}.yaml"), f"--trainer.default_root_dir={a.root_dir}",
             f"--trainer.logger.init_args.save_dir={a.root_dir}", "--trainer.enable_progress_bar=false"]
@@ -52,8 +40,7 @@ def main(argv: list[str]) -> None:
     ks = (10, 20)
     res = evaluate_model(cli.model, cli.datamodule, "test", ks)
     data = cli.datamodule.data
-    users, I = popularity_topk(data, "test", max(ks))
-    pop = evaluate(I, data.test[users], ks, item_counts=data.item_counts())
+    pop = evaluate_baseline(Popularity().fit(data), data, "test", ks).metrics
     cols = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "coverage@10"]
     print(f"\n{data.name}: {data.n_users} users, {data.n_items} items; full-catalogue test metrics, "
           f"seen items excluded; trained {cli.trainer.current_epoch} epochs in {secs:.1f}s\n")
