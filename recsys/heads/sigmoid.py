@@ -65,7 +65,7 @@ class MultiLabelSigmoid(Head):
         rows = self.known.rows(users.cpu().numpy())  # (B, N) CSR of multi-hot labels
         r = torch.from_numpy(np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))).to(qs.device)
         j = torch.from_numpy(rows.indices.astype(np.int64)).to(qs.device)
-        pos = (qs[r] * item_tower(j)).sum(-1) + self.bias  # (P,) logits of all labels
+        pos = (qs[r] * v_all[j]).sum(-1) + self.bias  # (P,) logits of all labels (rows of v_all: no second tower pass)
         neg_all = chunked_softplus_sum(qs, v_all, self.bias, self.chunk)  # (B,)
         loss = (neg_all.sum() - pos.sum()) / len(users)
         with torch.no_grad():
