@@ -4,13 +4,17 @@ commands ``demo``, ``data stats``, ``evaluate``, ``compare``, ``recommend``, ``e
 
 from __future__ import annotations
 
+import re
 import sys
+from argparse import ArgumentError
 
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from recsys.checkpointing import AtomicCheckpointIO, HardNegativeIndexState, RecsysCheckpoint, RngState, resolve_last
 from recsys.data.datamodule import InteractionDataModule
-from recsys.errors import RecsysError
+from recsys.errors import ConfigError, RecsysError
 from recsys.module import TwoTowerModule
 
 MONITOR = "val/ndcg@10"
@@ -19,7 +23,7 @@ TRAINER_DEFAULTS = {
     "max_epochs": 20,
     "log_every_n_steps": 50,
     "num_sanity_val_steps": 0,
-    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+    "logger": {"class_path": "recsys.checkpointing.AppendingCSVLogger",
                "init_args": {"save_dir": "runs", "name": "recsys"}},
 }
 
@@ -36,7 +40,7 @@ class RecsysCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.schema", "model.schema", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RecsysCheckpoint, "checkpoint")  # last.ckpt = latest state
         parser.set_defaults({
             "checkpoint.monitor": MONITOR, "checkpoint.mode": "max", "checkpoint.save_last": True,
             "checkpoint.filename": "best-{epoch:02d}",
@@ -46,6 +50,20 @@ class RecsysCLI(LightningCLI):
             "early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 3,
         })
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":  # --ckpt_path last: the newest last.ckpt of earlier runs
+            resolve_last(self.config.fit)
+
+    def instantiate_trainer(self, **kwargs):
+        """Crash-safe checkpoints: atomic writes and the RNG states in every checkpoint."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        for cls in (RngState, HardNegativeIndexState):
+            if not any(isinstance(c, cls) for c in trainer.callbacks):
+                trainer.callbacks.append(cls())
+        return trainer
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -53,6 +71,55 @@ class RecsysCLI(LightningCLI):
 
 
 OWN_COMMANDS = ("demo", "data", "evaluate", "compare", "recommend", "export")
+
+
+def _class_choices(key: str) -> list[str]:
+    """Valid class paths for a ``head`` or ``sampler`` key (empty for other keys)."""
+    import inspect
+
+    from recsys import heads, samplers
+
+    if key.endswith("head"):
+        return [f"recsys.heads.{c.__name__}" for c in heads.HEADS.values()]
+    if key.endswith("sampler"):
+        return [f"recsys.samplers.{n}" for n, c in vars(samplers).items() if inspect.isclass(c)
+                and issubclass(c, samplers.Sampler) and c is not samplers.Sampler and c.__module__ == samplers.__name__]
+    return []
+
+
+def config_error(e: BaseException) -> RecsysError | None:
+    """The project error behind ``e``: a ``RecsysError`` that jsonargparse wrapped while
+    instantiating (e.g. a bad temperature inside ``model.head``), or a ``ConfigError`` for a
+    command-line / YAML value the parser rejected (unknown class_path, wrong type, unknown
+    option), naming the key, the value, the requirement and the fix."""
+    c = e
+    while c is not None:  # a project error raised inside jsonargparse's instantiation
+        if isinstance(c, RecsysError):
+            return c
+        c = c.__cause__ or c.__context__
+    if not isinstance(e, ArgumentError):
+        return None
+    text = str(e)
+    key = ".init_args.".join(re.findall(r'Parser key "([^"]+)"', text)) or "command line"
+    missing = [(cp, why) for cp, why in re.findall(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
+               if not why.startswith("Parser key")]
+    if missing:  # an unknown head / sampler / tower class
+        cp, why = missing[-1]
+        choices = _class_choices(key)
+        fix = f"use one of {', '.join(choices)}" if choices else "check the module and class name"
+        return ConfigError(f"{key}: class_path '{cp}' cannot be imported ({why.strip()}); it must name an "
+                           f"importable class of the right kind. Fix: {fix}.")
+    given = re.search(r"Given value: (.+)$", text, re.M)
+    need = sorted(set(re.findall(r"Expected a <class '([^']+)'>", text)) - {"NoneType"})
+    if given:
+        value = given.group(1).strip()
+        nested = re.fullmatch(r"NestedArg\(key='[^']*', val=(.*)\)", value)  # --a.b.c=value
+        value = nested.group(1).strip("'\"") if nested else value
+        req = f"must be of type {' or '.join(need)}" if need else "is not a valid value"
+        return ConfigError(f"{key}={value!r} {req}. Fix: give a value of that type "
+                           "(`recsys fit --help` lists every option and its type).")
+    return ConfigError(f"{' '.join(text.split())}. Fix: check the option names and values "
+                       "(`recsys fit --help` lists them).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,7 +131,13 @@ def main(argv: list[str] | None = None) -> None:
 
             commands.run(argv[0], argv[1:])
             return
-        RecsysCLI(args=argv)
+        try:  # bad values raise (ArgumentError), turned into one ConfigError line below
+            RecsysCLI(args=argv, parser_kwargs={"exit_on_error": False})
+        except (ArgumentError, ValueError) as e:
+            err = config_error(e)
+            if err is None:
+                raise
+            raise err from e
     except RecsysError as e:
         if not _IS_CONSOLE:  # called from Python (tests, notebooks): keep the exception
             raise

@@ -17,7 +17,7 @@ from recsys.evaluation import score
 from recsys.heads.base import Head, KnownPositives
 from recsys.heads.hard import HardNegativeSoftmax
 from recsys.heads.inbatch import InBatchSoftmax
-from recsys.optim import MultiOptimizer
+from recsys.optim import MultiOptimizer, SparseAdam
 from recsys.towers import ItemTower, QueryTower
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
@@ -28,7 +28,37 @@ def _adam(params):
 
 
 def _sparse_adam(params):
-    return torch.optim.SparseAdam(params, lr=1e-2)
+    return SparseAdam(params, lr=1e-2)  # torch.optim.SparseAdam, faster step (recsys.optim)
+
+
+def check_head_sizes(head: Head, n_items: int) -> None:
+    """Negative counts a catalogue of ``n_items`` can serve; ``ConfigError`` before training.
+
+    Sampled heads draw M < N negatives (M >= N: score the whole catalogue with FullSoftmax
+    instead; the one exception is SampledSoftmax over UniformSampler(replacement=False) with
+    M = N, which *is* full softmax); hard-negative mining needs num_hard + skip_top < N.
+    """
+    name = type(head).__name__
+    checks = []  # (argument, value, upper bound exclusive, fix)
+    M = getattr(head, "num_negatives", None)
+    if M is not None:
+        sampler = getattr(head, "sampler", None)
+        exact = getattr(sampler, "replacement", True) is False and M == n_items
+        fix = ("use FullSoftmax to score all N items" if name == "SampledSoftmax"
+               else "set num_negatives=null for the full (all items) mode")
+        if not exact:
+            checks.append(("num_negatives", M, n_items, fix))
+    if getattr(head, "num_uniform", 0):
+        checks.append(("num_uniform", head.num_uniform, n_items, "use fewer uniform negatives or num_uniform=0"))
+    if hasattr(head, "num_hard"):
+        checks.append(("num_hard + skip_top", head.num_hard + head.skip_top, n_items,
+                       "mine fewer hard negatives (num_hard) or skip fewer (skip_top)"))
+    for arg, value, bound, fix in checks:
+        if not (isinstance(value, int) and 1 <= value < bound):
+            raise ConfigError(
+                f"{name} {arg}={value}: need 1 <= {arg} < N={bound} (the catalogue size) so there are "
+                f"negatives to choose from. Fix: {arg} <= {bound - 1}, or {fix}."
+            )
 
 
 class TwoTowerModule(L.LightningModule):
@@ -74,6 +104,7 @@ class TwoTowerModule(L.LightningModule):
                 "Fix: set the same dim in both towers."
             )
         self.head = head if head is not None else InBatchSoftmax()
+        check_head_sizes(self.head, schema.n_items)
         self.dense_optimizer = dense_optimizer or _adam
         self.sparse_optimizer = sparse_optimizer or _sparse_adam
         self.eval_ks = list(eval_ks or [10, 20])
@@ -126,13 +157,18 @@ class TwoTowerModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         q = self.query_tower(batch)  # (B, D)
         out = self.head(q, batch, self.item_tower)
-        if not torch.isfinite(out.loss):
+        bad = not bool(torch.isfinite(out.loss))
+        if self.trainer.world_size > 1:  # stop every process together (no rank left in a collective)
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            where = "" if self.trainer.world_size == 1 else f" on rank {self.global_rank} (non-finite on some rank)"
             raise RecsysError(
-                f"loss is {out.loss.item()} at step {self.global_step} (head "
+                f"loss is {out.loss.item()}{where} at step {self.global_step} (head "
                 f"{type(self.head).__name__}, temperature {float(self.head.temperature()):.4g}): "
                 "training diverged. Fix: lower the learning rates or raise the temperature."
             )
-        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(q))
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(q),
+                 sync_dist=True)  # DDP: the mean over processes = the loss of the global batch
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.log_dict({f"train/{k}": float(v) for k, v in out.logs.items()},
                           on_step=True, on_epoch=False, batch_size=len(q))
@@ -170,8 +206,8 @@ class TwoTowerModule(L.LightningModule):
         vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
                 if isinstance(v, float) and math.isfinite(v)}
         main = f"{prefix}/ndcg@{min(self.eval_ks)}"
-        self.log(main, vals.pop(main), prog_bar=True)
-        self.log_dict(vals)
+        self.log(main, vals.pop(main), prog_bar=True, sync_dist=True)  # equal on every rank already
+        self.log_dict(vals, sync_dist=True)
         self.last_eval = res.metrics
 
     # ---- checkpoint extras -------------------------------------------------------------

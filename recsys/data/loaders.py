@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,9 @@ def _call_reader(p: Path, what: str, reader: Callable[[], T]) -> T:
     except pd.errors.ParserError as e:
         raise _err(p, f"could not be parsed as {what} ({str(e).strip()})", "check the "
                    "separator and that every line has the same number of fields") from e
+    except pd.errors.ParserWarning as e:  # raised by _read_csv_strict
+        raise _err(p, f"its lines have more fields than its header ({str(e).strip()})", "check the "
+                   "separator and that every line has as many fields as the header") from e
 
 
 def _first_pos(mask: pd.Series | np.ndarray) -> tuple[int, int]:
@@ -338,9 +342,20 @@ def read_interactions(
         what = fmt.upper()
         header = _call_reader(p, what, lambda: pd.read_csv(p, nrows=0, **opts))
         wanted = _resolve_columns(p, [str(c) for c in header.columns], columns, sep)
-        df = _call_reader(p, what, lambda: pd.read_csv(p, usecols=list(wanted.values()), **opts))
+        # Every column, not usecols: with usecols pandas silently drops the extra fields of a
+        # line longer than the header (shifted columns); see _read_csv_strict.
+        df = _call_reader(p, what, lambda: _read_csv_strict(p, opts))[list(wanted.values())]
     df = df.rename(columns={v: k for k, v in wanted.items()})
     return validate_interactions(df, str(p), dedupe=dedupe)
+
+
+def _read_csv_strict(p: Path, opts: dict) -> pd.DataFrame:
+    """``pd.read_csv`` where a line with more fields than the header is an error: pandas
+    raises ParserError when some lines are longer, and with ``index_col=False`` warns
+    (here: raises ParserWarning) when all are, instead of taking the first field as the index."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        return pd.read_csv(p, index_col=False, **opts)
 
 
 # -------------------------------------------------------------------------- MovieLens
@@ -373,7 +388,13 @@ def read_movielens(path: PathLike, dedupe: str | None = None) -> pd.DataFrame:
                    f"at row {i})", "make every line UserID::MovieID::Rating[::Timestamp] (or "
                    "tab-separated) with the same number of fields")
     df = df[keep].set_axis(list(CANONICAL[:n]), axis=1)
-    return validate_interactions(df, str(p), dedupe=dedupe)
+    out = validate_interactions(df, str(p), dedupe=dedupe)
+    for c in ID_COLUMNS:  # a non-numeric id makes the column str: MovieLens ids are integers
+        if out[c].dtype != np.int64:
+            n_bad, i = _first_pos(pd.to_numeric(out[c], errors="coerce").isna())
+            raise _err(p, f"column '{c}' has {n_bad} non-integer ids (first at row {i}: {out[c].iloc[i]!r}); "
+                       "MovieLens ids are integers", f"check that this is a MovieLens ratings file, or {_RECOPY}")
+    return out
 
 
 def _read_first_line(p: Path) -> str:
@@ -394,6 +415,10 @@ def _read_side(p: Path, what: str, sep: str, names: list[str], int_cols: list[st
     if df.shape[1] != len(names):
         raise _err(p, f"has {df.shape[1]} fields per line (separator {sep!r}); {what} has "
                    f"{len(names)}", f"check that this is the {what} file")
+    n, i = _first_pos(df.isna().any(axis=1))  # missing fields (empty ones read as "")
+    if n:
+        raise _err(p, f"{n} lines have fewer than the {len(names)} fields of {what} (first at row {i})",
+                   f"check that this is the {what} file, or {_RECOPY}")
     df.columns = names
     for c in int_cols:
         num = pd.to_numeric(df[c], errors="coerce")

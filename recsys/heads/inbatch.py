@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.distributed import gather_candidates
 from recsys.errors import ConfigError
 from recsys.heads.base import Head, HeadOutput
 
@@ -99,29 +100,33 @@ class InBatchSoftmax(Head):
 
     def candidates(self, q, users, items, item_tower):
         """(pos (B,), neg (B, C), log_q_pos, log_q_neg, hits (B, C), own (B, C)) for in-batch
-        (+ uniform) candidates, C = B + M.
+        (+ uniform) candidates, C = B + M (W*B + M under DDP with W processes: the global batch).
 
-        ``own`` marks column b of row b: the row's positive itself, always masked (it is
-        column 0 already) and not an accidental hit. ``hits`` marks true accidental hits:
-        other columns holding the same item (``mask_duplicates``) or a train item of the
-        user (``mask_known_positives``).
+        ``own`` marks column b of row b (off + b under DDP): the row's positive itself, always
+        masked (it is column 0 already) and not an accidental hit. ``hits`` marks true
+        accidental hits: other columns holding the same item (``mask_duplicates``) or a train
+        item of the user (``mask_known_positives``).
         """
         B = len(items)
         cand = items
         if self.num_uniform:
             cand = torch.cat([items, torch.randint(self.n_items, (self.num_uniform,), device=items.device)])
         v = item_tower(cand)  # (C, D), C = B + M
-        pos = (q * v[:B]).sum(-1)  # (B,)
+        # DDP: the batch positives of every process (autograd-aware gather), uniform ones
+        # stay local; this process's positives are rows off .. off + B. No-op on one process.
+        cand, v, off = gather_candidates(cand, v, n_local=B)  # C = W*B + M
+        Bg = len(cand) - self.num_uniform  # W*B, the global batch (logQ: log(W*B p_j))
+        pos = (q * v[off:off + B]).sum(-1)  # (B,)
         neg = q @ v.T  # (B, C)
         own = torch.zeros_like(neg, dtype=torch.bool)
-        own[:, :B] = torch.eye(B, dtype=torch.bool, device=q.device)  # the positive itself
+        own[:, off:off + B] = torch.eye(B, dtype=torch.bool, device=q.device)  # the positive itself
         hits = torch.zeros_like(own)
         if self.mask_duplicates:
             hits = (cand[None, :] == items[:, None]) & ~own  # duplicates of the positive
         if self.mask_known_positives and self.known is not None:
             hits = hits | (self.known.contains(users, cand) & ~own)
-        lq = self.candidate_log_q(cand, B)
-        return pos, neg, (None if lq is None else lq[:B]), lq, hits, own
+        lq = self.candidate_log_q(cand, Bg)
+        return pos, neg, (None if lq is None else lq[off:off + B]), lq, hits, own
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
         pos, neg, lq_pos, lq_neg, hits, own = self.candidates(q, batch["user"], batch["item"], item_tower)
