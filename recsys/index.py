@@ -62,26 +62,44 @@ def _sort_rows(D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
 def _topk_block(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, column ids) of each row of the score block S (q, n), best first.
 
-    Prunes with a per-row threshold before selecting: split the row into B >= k blocks;
-    the k-th largest block maximum t is a lower bound of the k-th largest score (k
-    distinct blocks each hold an element >= t), so every top-k item is among S >= t.
-    That is one max-reduction, one comparison and one np.flatnonzero over the block,
-    ~15x faster than np.argpartition over all of it; the few candidates (~k per row on
-    continuous scores) are then sorted. When ties leave too many candidates (constant
-    scores, e.g. an untrained model) it falls back to np.argpartition on the whole block.
+    Prunes with a per-row threshold before selecting: split the row into B >= 4k blocks
+    (16k blocks where they stay >= 256 columns wide); the k-th largest block maximum t
+    is a lower bound of the k-th largest score (k distinct blocks each hold an element
+    >= t), so every top-k item lies in a block whose maximum is >= t. Only those blocks
+    (~k of the B: 1/16 to 1/4 of the row on continuous scores) are gathered and compared
+    with t, and the few candidates sorted: one max-reduction over S plus a fraction of
+    it, ~15x less than np.argpartition. When ties select too many blocks or candidates
+    (constant scores, e.g. an untrained model) it falls back to np.argpartition on the
+    whole block.
     """
     q, n = S.shape
     if n <= max(4 * k, 1024):  # small block: sort everything
         ids = np.broadcast_to(np.arange(n, dtype=np.int64), (q, n))
         return _sort_rows(S, ids, k)
-    w = n // (4 * k)  # block width; B = n // w >= 4k blocks, plus a shorter tail block
+    # block width: 16k blocks, but no narrower than 256 columns while 4k blocks remain
+    # (numpy's max over short rows is slow); B = n // w full blocks, plus a shorter tail
+    w = max(n // (16 * k), min(256, n // (4 * k)))
     B = n // w
-    bmax = S[:, : B * w].reshape(q, B, w).max(axis=2)  # (q, B)
+    body = S[:, : B * w].reshape(q, B, w)
+    bmax = body.max(axis=2)  # (q, B)
     if B * w < n:
         bmax = np.concatenate([bmax, S[:, B * w :].max(axis=1, keepdims=True)], axis=1)
     t = np.partition(bmax, bmax.shape[1] - k, axis=1)[:, bmax.shape[1] - k]  # (q,)
-    mask = S >= t[:, None]  # (q, n) candidates; each row holds >= k
-    if np.count_nonzero(mask) > 16 * q * k:  # ties: argpartition, few rows at a time
+    sel_r, sel_b = np.nonzero(bmax >= t[:, None])  # (m,) blocks that can hold a top-k item
+    rows = cols = vals = None
+    if sel_r.size * w <= q * n // 4:
+        full = sel_b < B
+        fr, fb = sel_r[full], sel_b[full]
+        blk = body[fr, fb]  # (m', w) gathered blocks
+        i, j = np.nonzero(blk >= t[fr][:, None])
+        rows, cols, vals = fr[i], fb[i] * w + j, blk[i, j]
+        tr = sel_r[~full]  # rows whose tail block qualifies
+        if tr.size:
+            tail = S[tr, B * w :]
+            i, j = np.nonzero(tail >= t[tr][:, None])
+            rows, cols, vals = (np.concatenate([rows, tr[i]]), np.concatenate([cols, B * w + j]),
+                                np.concatenate([vals, tail[i, j]]))
+    if rows is None or rows.size > 16 * q * k:  # ties: argpartition, few rows at a time
         D, I = np.empty((q, k), S.dtype), np.empty((q, k), np.int64)
         g = max(1, 2**24 // n)  # rows per step: argpartition's index array is (g, n) int64
         for r in range(0, q, g):
@@ -89,9 +107,6 @@ def _topk_block(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             Sr = np.take_along_axis(S[r : r + g], part, axis=1)
             D[r : r + g], I[r : r + g] = _sort_rows(Sr, part, k)
         return D, I
-    flat = np.flatnonzero(mask)
-    rows, cols = np.divmod(flat, n)
-    vals = S.reshape(-1)[flat]
     order = np.lexsort((cols, -vals, rows))  # by row, then score desc, then id asc
     rows, cols, vals = rows[order], cols[order], vals[order]
     start = np.searchsorted(rows, np.arange(q))  # (q,) first candidate of each row
