@@ -1,12 +1,14 @@
-"""recsys.optim.SparseAdam: the same update as torch.optim.SparseAdam, bit for bit."""
+"""recsys.optim: SparseAdam gives torch.optim.SparseAdam's update bit for bit; RowWiseAdagrad
+matches a hand-computed / dense reference and touches only the batch's rows."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
-from recsys.optim import SparseAdam
+from recsys.optim import RowWiseAdagrad, SparseAdam
 
 
 def _pair(n=500, d=8):
@@ -58,3 +60,92 @@ def test_sparse_adam_untouched_rows_unchanged():
     opt.step()
     changed = (b.weight != before).any(1).nonzero().ravel().tolist()
     assert changed == [4, 9], changed
+
+
+def test_rowwise_adagrad_by_hand():
+    # one 2-d row, lr 0.5, eps 0: step 1 g = (3, 4): s = (9 + 16) / 2 = 12.5,
+    # w -= 0.5 * g / sqrt(12.5); step 2 g = (1, 1): s = 12.5 + 1 = 13.5
+    emb = torch.nn.Embedding(3, 2, sparse=True)
+    with torch.no_grad():
+        emb.weight.zero_()
+    opt = RowWiseAdagrad(emb.parameters(), lr=0.5, eps=0.0)
+    for g in ((3.0, 4.0), (1.0, 1.0)):
+        opt.zero_grad()
+        (emb(torch.tensor([1])) * torch.tensor([g])).sum().backward()  # d/dw = g
+        opt.step()
+    w1 = -0.5 * torch.tensor([3.0, 4.0]) / 12.5**0.5
+    w2 = w1 - 0.5 * torch.tensor([1.0, 1.0]) / 13.5**0.5
+    torch.testing.assert_close(emb.weight[1], w2)
+    assert (emb.weight[[0, 2]] == 0).all()
+    state = opt.state[emb.weight]["sum"]
+    assert state.shape == (3,)
+    torch.testing.assert_close(state, torch.tensor([0.0, 13.5, 0.0]))
+
+
+def _rowwise_reference(w, s, grads, lr, eps):
+    """Dense loop over rows: s_i += mean(g_i^2), w_i -= lr g_i / (sqrt(s_i) + eps) if touched."""
+    w, s = w.clone(), s.clone()
+    for G in grads:  # (N, D) dense gradient; all-zero rows are untouched rows
+        for i in range(len(w)):
+            if G[i].any():
+                s[i] += G[i].pow(2).mean()
+                w[i] -= lr * G[i] / (s[i].sqrt() + eps)
+    return w, s
+
+
+@pytest.mark.parametrize("bag", [False, True])
+def test_rowwise_adagrad_equals_dense_reference_and_touches_only_batch_rows(bag):
+    torch.manual_seed(0)
+    n, d = 50, 4
+    emb = (torch.nn.EmbeddingBag(n, d, mode="sum", sparse=True) if bag
+           else torch.nn.Embedding(n, d, sparse=True))
+    w0 = emb.weight.detach().clone()
+    opt = RowWiseAdagrad(emb.parameters(), lr=0.1, eps=1e-8)
+    grads, touched = [], set()
+    for _ in range(5):
+        ids = torch.randint(0, 20, (12,))  # rows >= 20 never in a batch; repeats coalesce
+        opt.zero_grad()
+        out = emb(ids.view(3, 4)) if bag else emb(ids)
+        (out * torch.randn_like(out)).sum().backward()
+        grads.append(emb.weight.grad.to_dense().clone())
+        touched |= set(ids.tolist())
+        opt.step()
+    w_ref, s_ref = _rowwise_reference(w0, torch.zeros(n), grads, 0.1, 1e-8)
+    torch.testing.assert_close(emb.weight.detach(), w_ref)
+    torch.testing.assert_close(opt.state[emb.weight]["sum"], s_ref)
+    changed = set((emb.weight != w0).any(1).nonzero().ravel().tolist())
+    assert changed == touched, (changed, touched)
+
+
+def test_rowwise_adagrad_dense_gradient_and_state_dict():
+    torch.manual_seed(0)
+    a, b = torch.nn.Embedding(10, 3), torch.nn.Embedding(10, 3)
+    b.load_state_dict(a.state_dict())
+    oa = RowWiseAdagrad(a.parameters(), lr=0.1)
+    ids = torch.tensor([1, 1, 5])
+    oa.zero_grad()
+    a(ids).sum().backward()  # dense gradient: rows 1 (twice) and 5 nonzero
+    oa.step()
+    w_ref, _ = _rowwise_reference(b.weight.detach(), torch.zeros(10), [a.weight.grad], 0.1, 1e-8)
+    torch.testing.assert_close(a.weight.detach(), w_ref)
+    ob = RowWiseAdagrad(b.parameters(), lr=0.1)
+    ob.load_state_dict(copy.deepcopy(oa.state_dict()))
+    torch.testing.assert_close(ob.state[b.weight]["sum"], oa.state[a.weight]["sum"])
+    with pytest.raises(ValueError, match="Fix:"):
+        RowWiseAdagrad(a.parameters(), lr=0.0)
+
+
+def test_rowwise_adagrad_from_yaml_as_sparse_optimizer():
+    from recsys.cli import RecsysCLI
+    from tests.conftest import REPO
+
+    cli = RecsysCLI(args=["--config", str(REPO / "configs/synthetic/inbatch.yaml"),
+                          "--data.synthetic.n_users=200", "--data.synthetic.n_items=100",
+                          "--data.synthetic.n_clusters=4",
+                          "--model.query_tower.init_args.sparse=true", "--model.item_tower.init_args.sparse=true",
+                          "--model.sparse_optimizer=recsys.optim.RowWiseAdagrad",
+                          "--model.sparse_optimizer.lr=0.07"], run=False)
+    opt = cli.model.configure_optimizers()
+    kinds = {type(o).__name__: o for o in opt.optimizers}
+    assert "RowWiseAdagrad" in kinds and "SparseAdam" not in kinds, kinds
+    assert kinds["RowWiseAdagrad"].param_groups[0]["lr"] == 0.07
