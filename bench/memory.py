@@ -1,5 +1,5 @@
-"""Peak resident memory of training: sparse id tables + SparseAdam at N = 10M, bytes per
-item, and full softmax at N = 1M (chunked log-sum-exp).
+"""Peak resident memory of training: sparse id tables with SparseAdam or row-wise AdaGrad
+at N = 10M, bytes per item, and full softmax at N = 1M (chunked log-sum-exp).
 
     python -m bench.memory            # 1M and 10M items, full softmax at 1M
     python -m bench.memory --quick    # 100k and 1M items, full softmax at 100k
@@ -15,6 +15,10 @@ Towers: ``ids`` = query tower with user id + user features (no history bag), ite
 with the item id only: one N x D table (``InBatchSoftmax``, the module's default head).
 ``default`` = the default towers (item id + genres; user id + history bag + features),
 whose history bag is a second N x D table (``SampledSoftmax``).
+
+Sparse optimiser (``opt``): ``adam`` = ``recsys.optim.SparseAdam`` (the module default; two
+dense N x D moments per table), ``rowwise`` = ``recsys.optim.RowWiseAdagrad`` (one float per
+row).
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ def run_case(case: dict) -> dict:
     dm = C.make_datamodule(data, max_history=H)
     torch.manual_seed(0)
     module = C.make_module(data, case["head"], **tower_kw)
+    if case.get("opt", "adam") == "rowwise":
+        from recsys.optim import RowWiseAdagrad
+
+        module.sparse_optimizer = lambda params: RowWiseAdagrad(params, lr=0.05)
     rss_model = C.rss_bytes()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -72,11 +80,11 @@ def main(argv=None) -> None:
     quick = args.quick
     rep = C.Report("memory", quick, C.command_line(), __doc__.split("\n\n")[0])
     small, big = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
-    cases = [{"N": small, "tower": "ids", "head": "inbatch", "steps": 20},
-             {"N": big, "tower": "ids", "head": "inbatch", "steps": 20},
-             {"N": small, "tower": "default", "head": "sampled", "steps": 20},
-             {"N": 3 * small, "tower": "default", "head": "sampled", "steps": 20},
-             {"N": small, "tower": "default", "head": "full", "steps": 3}]
+    cases = [{"N": n, "tower": "ids", "head": "inbatch", "steps": 20, "opt": o}
+             for o in ("adam", "rowwise") for n in (small, big)]
+    cases += [{"N": n, "tower": "default", "head": "sampled", "steps": 20, "opt": o}
+              for o in ("adam", "rowwise") for n in (small, 3 * small)]
+    cases += [{"N": small, "tower": "default", "head": "full", "steps": 3, "opt": "adam"}]
     rows = []
     for c in cases:
         out = C.run_case("bench.memory", {**c, "threads": args.threads})
@@ -85,47 +93,55 @@ def main(argv=None) -> None:
             print(out.get("stderr_tail", ""))
             continue
         rows.append(out)
-        print({k: out[k] for k in ("N", "tower", "head", "peak_training_gib", "peak_process_gib")}, flush=True)
+        print({k: out[k] for k in ("N", "tower", "head", "opt", "peak_training_gib", "peak_process_gib")}, flush=True)
     rep.table("Peak resident memory (GiB) per case", rows,
-              ["N", "tower", "head", "steps", "n_by_d_tables", "param_gib", "optimizer_state_gib", "rss_after_data_gib",
-               "peak_data_build_gib", "rss_after_model_gib", "peak_training_gib", "peak_process_gib", "fit_s", "load"],
+              ["N", "tower", "head", "opt", "steps", "n_by_d_tables", "param_gib", "optimizer_state_gib",
+               "rss_after_data_gib", "peak_data_build_gib", "rss_after_model_gib", "peak_training_gib",
+               "peak_process_gib", "fit_s", "load"],
               note="n_by_d_tables = sparse id tables with N rows (item ids, and the history bag in the default "
-                   "towers); optimizer_state = SparseAdam exp_avg + exp_avg_sq (dense, 2 x each table).")
+                   "towers); optimizer_state = SparseAdam exp_avg + exp_avg_sq (dense, 2 x each table) for "
+                   "opt = adam, RowWiseAdagrad's one float per row for opt = rowwise.")
 
-    def find(N, tower, head):
-        return next((r for r in rows if r["N"] == N and r["tower"] == tower and r["head"] == head), None)
+    def find(N, tower, head, opt="adam"):
+        return next((r for r in rows if r["N"] == N and r["tower"] == tower and r["head"] == head
+                     and r.get("opt", "adam") == opt), None)
 
     per_item = []
-    for tower, head, n1, n2 in (("ids", "inbatch", small, big), ("default", "sampled", small, 3 * small)):
-        a, b = find(n1, tower, head), find(n2, tower, head)
+    for tower, head, n1, n2, opt in [(t, h, a, b, o) for o in ("adam", "rowwise") for t, h, a, b in
+                                     (("ids", "inbatch", small, big), ("default", "sampled", small, 3 * small))]:
+        a, b = find(n1, tower, head, opt), find(n2, tower, head, opt)
         if a and b:
             bpi = (b["peak_training_gib"] - a["peak_training_gib"]) * 2**30 / (n2 - n1)
             proc = (b["peak_process_gib"] - a["peak_process_gib"]) * 2**30 / (n2 - n1)
             tables = a["n_by_d_tables"]
-            per_item.append({"tower": tower, "sizes": f"{n1:,} -> {n2:,}", "bytes_per_item_training": bpi,
+            per_item.append({"tower": tower, "opt": opt, "sizes": f"{n1:,} -> {n2:,}", "bytes_per_item_training": bpi,
                              "bytes_per_item_process": proc,
-                             "analytic_tables_bytes": tables * 3 * C.D * 4,
+                             "analytic_tables_bytes": tables * (3 * C.D * 4 if opt == "adam" else (C.D + 1) * 4),
                              "predicted_10M_gib": b["peak_process_gib"] + proc * (10_000_000 - n2) / 2**30})
     rep.table("Bytes per item (marginal: difference of peaks / difference of N)", per_item,
-              note="analytic_tables_bytes = N x D tables x 3 (weights + SparseAdam's two moments) x 4 bytes / N.")
+              note="analytic_tables_bytes = N x D tables x (weights + optimizer state) x 4 bytes / N: 3 x D x 4 "
+                   "with SparseAdam's two moments, (D + 1) x 4 with row-wise AdaGrad.")
     rep.data = {"rows": rows, "per_item": per_item}
-    ten = find(10_000_000, "ids", "inbatch")
-    if ten:
-        rep.target("peak RSS training at N=10M, D=64, SparseAdam (one N x D table, whole process)",
-                   f"{ten['peak_process_gib']:.2f} GiB", "<= 8 GiB", ten["peak_process_gib"] <= 8,
-                   f"training phase (HWM reset after data) {ten['peak_training_gib']:.2f} GiB; "
-                   f"params {ten['param_gib']:.2f} + optimizer state {ten['optimizer_state_gib']:.2f} GiB")
-    lean = next((r for r in per_item if r["tower"] == "ids"), None)
-    if lean:
-        rep.target("bytes per item (one N x D table, SparseAdam)", round(lean["bytes_per_item_process"]), "report",
-                   None,
-                   f"{lean['bytes_per_item_training']:.0f} B/item in the training phase; analytic tables "
-                   f"{lean['analytic_tables_bytes']} B")
-    dflt = next((r for r in per_item if r["tower"] == "default"), None)
-    if dflt:
-        rep.target("default towers (history bag) at N=10M, predicted", f"{dflt['predicted_10M_gib']:.1f} GiB",
-                   "<= 8 GiB", None if quick else dflt["predicted_10M_gib"] <= 8,
-                   f"{dflt['bytes_per_item_training']:.0f} B/item measured {dflt['sizes']}; two N x D tables")
+    names = {"adam": "SparseAdam", "rowwise": "row-wise AdaGrad"}
+    for opt in ("adam", "rowwise"):
+        ten = find(big, "ids", "inbatch", opt)
+        if ten and not quick:
+            rep.target(f"peak RSS training at N=10M, D=64, {names[opt]} (one N x D table, whole process)",
+                       f"{ten['peak_process_gib']:.2f} GiB", "<= 8 GiB", ten["peak_process_gib"] <= 8,
+                       f"training phase (HWM reset after data) {ten['peak_training_gib']:.2f} GiB; "
+                       f"params {ten['param_gib']:.2f} + optimizer state {ten['optimizer_state_gib']:.2f} GiB")
+        lean = next((r for r in per_item if r["tower"] == "ids" and r["opt"] == opt), None)
+        if lean:
+            rep.target(f"bytes per item (one N x D table, {names[opt]})", round(lean["bytes_per_item_process"]),
+                       "report", None,
+                       f"{lean['bytes_per_item_training']:.0f} B/item in the training phase; analytic tables "
+                       f"{lean['analytic_tables_bytes']} B")
+        dflt = next((r for r in per_item if r["tower"] == "default" and r["opt"] == opt), None)
+        if dflt:
+            rep.target(f"default towers (history bag) at N=10M, {names[opt]}, predicted",
+                       f"{dflt['predicted_10M_gib']:.1f} GiB", "<= 8 GiB",
+                       None if quick else dflt["predicted_10M_gib"] <= 8,
+                       f"{dflt['bytes_per_item_training']:.0f} B/item measured {dflt['sizes']}; two N x D tables")
     full = next((r for r in rows if r["head"] == "full"), None)
     if full:
         Bn = C.BATCH * full["N"] * 4 / 2**30
