@@ -6,11 +6,15 @@ index and mining, against the refresh interval, and the quality effect of the in
 
 Part 1 (cost, synthetic N = 1M, default towers and ``HardNegativeSoftmax()`` defaults):
 ``Trainer.fit`` (the ``recsys fit`` path: the ``HardNegativeIndexRefresh`` callback rebuilds
-the index before the first step and every ``refresh_every`` steps) runs one full refresh
-cycle at the default interval (500 steps) and two cycles at a short one (100), with the
+the index before the first step and every ``refresh_every`` steps) runs two full refresh
+cycles at the default interval (500 steps) and three at a short one (100), with the
 rebuild (``item_tower.embed_all`` + ``head.refresh``) and the mining (``head.mine``) timed
-inside. share = (rebuild + mining) / training time. Other intervals follow from the
-measured parts: share(R) = (T_build / R + t_mine) / (T_build / R + t_mine + t_rest).
+inside. share = (rebuild + mining) / training time. The first rebuild of a run trains the
+IVF cells (k-means), later ones reuse them (``retrain_every``, default 10) and only
+re-assign the embeddings, so a run of two cycles pays one trained and one reused rebuild:
+pessimistic for a long run, which trains once per ``retrain_every`` cycles. Other intervals
+and the long run follow from the measured parts: with T_build = (T_train + (r - 1) T_reuse) / r
+per rebuild (r = retrain_every), share(R) = (T_build / R + t_mine) / (T_build / R + t_mine + t_rest).
 
 Part 2 (quality, MovieLens-100k, DESIGN.md protocol): the ml-100k config's model
 (configs/ml-100k/hard.yaml: batch 256, dense Adam) trained for a fixed number of epochs
@@ -33,7 +37,7 @@ class _Clock:
     """Accumulates the seconds spent in wrapped callables."""
 
     def __init__(self):
-        self.s, self.n = 0.0, 0
+        self.s, self.n, self.each = 0.0, 0, []
 
     def wrap(self, f):
         def g(*a, **k):
@@ -41,7 +45,8 @@ class _Clock:
             try:
                 return f(*a, **k)
             finally:
-                self.s += time.perf_counter() - t
+                self.each.append(time.perf_counter() - t)
+                self.s += self.each[-1]
                 self.n += 1
         return g
 
@@ -60,7 +65,14 @@ def cost_case(case: dict) -> dict:
     head.refresh_every = R
     build, mine, embed = _Clock(), _Clock(), _Clock()
     module.item_tower.embed_all = embed.wrap(module.item_tower.embed_all)
-    head.refresh = build.wrap(head.refresh)
+    trained = []  # per rebuild: did it train the IVF cells (k-means)?
+    refresh = head.refresh
+
+    def tracked(xb, retrain=None):
+        trained.append(retrain if retrain is not None else head.refresh_count % head.retrain_every == 0)
+        return refresh(xb, retrain=retrain)
+
+    head.refresh = build.wrap(tracked)
     head.mine = mine.wrap(head.mine)
 
     class StepClock(L.Callback):
@@ -81,8 +93,14 @@ def cost_case(case: dict) -> dict:
     trainer.fit(module, datamodule=dm)
     total = clock.t1 - clock.t0
     rebuild = build.s + embed.s
+    tr = [b for b, t in zip(build.each, trained) if t]
+    ru = [b for b, t in zip(build.each, trained) if not t]
     return {"N": N, "refresh_every": R, "steps": S, "total_s": total, "rebuilds": build.n,
             "rebuild_s": rebuild, "build_s_each": build.s / max(1, build.n), "embed_s_each": embed.s / max(1, embed.n),
+            "build_trained_s": sum(tr) / len(tr) if tr else None, "build_reused_s": sum(ru) / len(ru) if ru else None,
+            "trained_builds": len(tr), "retrain_every": head.retrain_every,
+            "nlist": getattr(head.retriever.index, "nlist", None),
+            "nprobe": getattr(head.retriever.index, "nprobe", None),
             "mine_s": mine.s, "mine_ms_per_step": 1000 * mine.s / S,
             "rest_ms_per_step": 1000 * (total - rebuild - mine.s) / S,
             "share": (rebuild + mine.s) / total, "share_rebuild": rebuild / total, "share_mine": mine.s / total,
@@ -112,7 +130,14 @@ def quality_case(case: dict) -> dict:
     build = _Clock()
     if R is not None:
         head.mine = mine.wrap(head.mine)
-        head.refresh = build.wrap(head.refresh)
+        trained = []  # per rebuild: did it train the IVF cells (k-means)?
+    refresh = head.refresh
+
+    def tracked(xb, retrain=None):
+        trained.append(retrain if retrain is not None else head.refresh_count % head.retrain_every == 0)
+        return refresh(xb, retrain=retrain)
+
+    head.refresh = build.wrap(tracked)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=case["epochs"], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0)
@@ -140,7 +165,7 @@ def main(argv=None) -> None:
     quick = args.quick
     rep = C.Report("hard_negative_overhead", quick, C.command_line(), __doc__.split("\n\n")[0])
     N = 100_000 if quick else 1_000_000
-    runs = [(500, 500), (100, 200)] if not quick else [(100, 100)]
+    runs = [(500, 1000), (100, 300)] if not quick else [(100, 200)]
     cost = []
     for R, S in runs:
         out = C.run_case("bench.hard_negative_overhead", {"part": "cost", "N": N, "refresh_every": R, "steps": S,
@@ -152,28 +177,41 @@ def main(argv=None) -> None:
         cost.append(out)
         print(out, flush=True)
     rep.table(f"Measured runs (synthetic N={N:,}, Trainer.fit, default HardNegativeSoftmax)", cost,
-              ["N", "refresh_every", "steps", "rebuilds", "index", "total_s", "rebuild_s", "build_s_each",
-               "embed_s_each", "mine_ms_per_step", "rest_ms_per_step", "share", "share_rebuild", "share_mine",
+              ["N", "refresh_every", "steps", "rebuilds", "index", "nlist", "nprobe", "total_s", "rebuild_s",
+               "build_trained_s", "build_reused_s", "embed_s_each", "mine_ms_per_step", "rest_ms_per_step", "share",
+               "share_rebuild", "share_mine",
                "load_start", "load_end"])
     if cost:
-        # model per interval from the pooled parts (build per rebuild, mine and rest per step)
-        T_b = sum(c["rebuild_s"] for c in cost) / sum(c["rebuilds"] for c in cost)
+        # model per interval from the pooled parts (build per rebuild, mine and rest per step):
+        # a long run trains the cells once per retrain_every rebuilds
+        T_e = sum(c["embed_s_each"] * c["rebuilds"] for c in cost) / sum(c["rebuilds"] for c in cost)
+        tr = [c["build_trained_s"] for c in cost if c["build_trained_s"] is not None]
+        ru = [c["build_reused_s"] for c in cost if c["build_reused_s"] is not None]
+        T_tr = sum(tr) / len(tr)
+        T_ru = sum(ru) / len(ru) if ru else T_tr
+        r = cost[0]["retrain_every"]
+        T_b = T_e + (T_tr + (r - 1) * T_ru) / r
         t_m = sum(c["mine_s"] for c in cost) / sum(c["steps"] for c in cost)
         t_r = sum(c["total_s"] - c["rebuild_s"] - c["mine_s"] for c in cost) / sum(c["steps"] for c in cost)
         model = [{"refresh_every": R, "rebuild_share": (T_b / R) / (T_b / R + t_m + t_r),
                   "mine_share": t_m / (T_b / R + t_m + t_r), "share": (T_b / R + t_m) / (T_b / R + t_m + t_r),
                   "ex_per_s": C.BATCH / (T_b / R + t_m + t_r)} for R in INTERVALS]
         rep.table("Share of training time per refresh interval (from the measured parts)", model,
-                  note=f"T_build = {T_b:.1f} s per rebuild (embed all items + build the index), "
-                       f"t_mine = {1000 * t_m:.0f} ms / step, t_rest = {1000 * t_r:.0f} ms / step.")
-        rep.data["model"] = {"T_build_s": T_b, "t_mine_s": t_m, "t_rest_s": t_r, "rows": model}
+                  note=f"T_build = {T_b:.1f} s per rebuild in a long run (embed all items {T_e:.1f} s + index: "
+                       f"trained {T_tr:.1f} s once per retrain_every = {r} rebuilds, reused cells {T_ru:.1f} s "
+                       f"otherwise), t_mine = {1000 * t_m:.0f} ms / step, t_rest = {1000 * t_r:.0f} ms / step.")
+        rep.data["model"] = {"T_build_s": T_b, "T_embed_s": T_e, "T_trained_s": T_tr, "T_reused_s": T_ru,
+                             "retrain_every": r, "t_mine_s": t_m, "t_rest_s": t_r, "rows": model}
         default = next((c for c in cost if c["refresh_every"] == 500), None)
         if default is not None:
             rep.target(f"rebuild + mining share at N={N:,}, refresh_every=500 (measured)", round(default["share"], 3),
                        "<= 0.25", None if quick else default["share"] <= 0.25,
                        f"rebuild {default['share_rebuild']:.1%} ({default['rebuild_s']:.1f} s), mining "
                        f"{default['share_mine']:.1%} ({default['mine_ms_per_step']:.0f} ms of "
-                       f"{1000 * default['total_s'] / default['steps']:.0f} ms per step)")
+                       f"{1000 * default['total_s'] / default['steps']:.0f} ms per step); {default['rebuilds']} "
+                       f"rebuilds in {default['steps']} steps, {default['trained_builds']} with k-means; long run "
+                       f"(cells retrained every {r} rebuilds): "
+                       f"{next(m['share'] for m in model if m['refresh_every'] == 500):.3f}")
         else:
             m5 = next(r for r in model if r["refresh_every"] == 500)
             rep.target(f"rebuild + mining share at N={N:,}, refresh_every=500 (modelled)", round(m5["share"], 3),

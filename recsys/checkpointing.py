@@ -198,10 +198,10 @@ class RngState(Callback):
 
 class HardNegativeIndexState(Callback):
     """Make resume exact for ``HardNegativeSoftmax``: its FAISS index is not a tensor, so the
-    checkpoint stores the item embeddings the current index was built from (N x D) and the
-    refresh counters; on resume the index is rebuilt from them (not from the current
-    weights), so mining sees the same stale index as the uninterrupted run. No-op for other
-    heads."""
+    checkpoint stores the item embeddings the current index was built from (N x D), its IVF
+    cells (reused by later refreshes) and the refresh counters; on resume the index is
+    rebuilt from them (not from the current weights), so mining sees the same stale index as
+    the uninterrupted run. No-op for other heads."""
 
     def __init__(self):
         self._xb: torch.Tensor | None = None  # embeddings of the last refresh
@@ -221,9 +221,9 @@ class HardNegativeIndexState(Callback):
             return
         refresh = head.refresh
 
-        def recorded_refresh(item_embeddings: torch.Tensor) -> float:
+        def recorded_refresh(item_embeddings: torch.Tensor, retrain: bool | None = None) -> float:
             self._xb = item_embeddings.detach().float().cpu().clone()
-            return refresh(item_embeddings)
+            return refresh(item_embeddings, retrain=retrain)
 
         recorded_refresh._recorded = True
         head.refresh = recorded_refresh  # instance attribute: records, then builds as before
@@ -233,7 +233,8 @@ class HardNegativeIndexState(Callback):
         head = self._head_ref
         if head is None or self._xb is None:
             return {}
-        return {"xb": self._xb, "steps_since_refresh": int(head.steps_since_refresh),
+        centroids = None if head.centroids is None else torch.from_numpy(head.centroids.copy())
+        return {"xb": self._xb, "centroids": centroids, "steps_since_refresh": int(head.steps_since_refresh),
                 "refresh_count": int(head.refresh_count), "last_refresh_seconds": float(head.last_refresh_seconds)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -244,7 +245,9 @@ class HardNegativeIndexState(Callback):
         if head is None or not self._pending:
             return
         state, self._pending = self._pending, None
-        head.refresh(state["xb"])  # the index the interrupted run was mining from
+        centroids = state.get("centroids")  # IVF cells the interrupted run's index used
+        head.centroids = None if centroids is None else centroids.numpy()
+        head.refresh(state["xb"], retrain=centroids is None)  # the index it was mining from
         head.steps_since_refresh = state["steps_since_refresh"]
         head.refresh_count = state["refresh_count"]
         head.last_refresh_seconds = state["last_refresh_seconds"]

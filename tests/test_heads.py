@@ -604,3 +604,35 @@ def test_heads_work_without_item_counts():
         bound(head, counts=None)
         out = head(query(2), batch([0, 1], [0, 1]), tower())
         assert torch.isfinite(out.loss)
+
+
+def test_hard_ivf_cells_reused_between_retrains():
+    # retrain_every=2: refreshes 0, 2, 4 train k-means, 1 and 3 re-add the new embeddings to
+    # the previous cells. Moving the embeddings between refreshes makes retrained cells differ.
+    head = bound(HardNegativeSoftmax(num_hard=2, index="ivf", retrain_every=2,
+                                     index_params={"nlist": 3, "nprobe": 3, "train_size": 7}))
+    t = tower()
+    cells = []
+    for _ in range(5):
+        head.refresh(t.embed_all())
+        cells.append(head.centroids.copy())
+        with torch.no_grad():
+            t.item_emb.weight.add_(torch.randn_like(t.item_emb.weight))
+    assert head.refresh_count == 5 and cells[0].shape == (3, D)
+    np.testing.assert_array_equal(cells[1], cells[0])
+    np.testing.assert_array_equal(cells[3], cells[2])
+    assert not np.array_equal(cells[2], cells[1]) and not np.array_equal(cells[4], cells[3])
+    head.refresh(t.embed_all(), retrain=False)  # explicit: keep the cells (e.g. on resume)
+    np.testing.assert_array_equal(head.centroids, cells[4])
+    # mining from reused cells: nprobe = nlist scans everything, so it is the exact top-2
+    # with the known positives and the positive excluded
+    users, items = torch.tensor([0, 2, 4]), torch.tensor([0, 3, 5])
+    s = (query(3) @ t.all().T).detach()
+    for r, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
+        s[r, TRAIN[u] + [i]] = -math.inf
+    assert torch.equal(head.mine(query(3), users, items), s.topk(2, dim=1).indices)
+
+
+def test_hard_retrain_every_checked():
+    with pytest.raises(ConfigError, match=r"retrain_every=0.*Fix:"):
+        HardNegativeSoftmax(retrain_every=0)

@@ -233,3 +233,17 @@ def test_resolve_last_picks_the_newest_run_and_continues_in_its_folder(tmp_path)
     c = cfg()
     c.checkpoint.dirpath = str(tmp_path / "elsewhere")  # Lightning resolves `last` there itself
     assert resolve_last(c) is None and c.ckpt_path == "last"
+
+
+def test_resume_with_reused_ivf_cells(tmp_path):
+    """An IVF mining index keeps its k-means cells between retrains (retrain_every): the
+    checkpoint carries them, so a resumed run re-adds to the same cells as the uninterrupted one."""
+    ivf = ["--model.head.init_args.index=ivf", "--model.head.init_args.retrain_every=3",
+           "--model.head.init_args.index_params={nlist: 4, nprobe: 2}"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    _fit(whole, *ivf)
+    _fit(part, "--trainer.max_epochs=1", *ivf)
+    state = next(v for k, v in _last(part)["callbacks"].items() if "HardNegativeIndexState" in k)
+    assert state["centroids"].shape == (4, 64) and state["refresh_count"] % 3 != 1  # mid-cycle
+    _fit(part, "--ckpt_path", "last", *ivf)
+    _assert_same_run(whole, part)
