@@ -130,14 +130,7 @@ def quality_case(case: dict) -> dict:
     build = _Clock()
     if R is not None:
         head.mine = mine.wrap(head.mine)
-        trained = []  # per rebuild: did it train the IVF cells (k-means)?
-    refresh = head.refresh
-
-    def tracked(xb, retrain=None):
-        trained.append(retrain if retrain is not None else head.refresh_count % head.retrain_every == 0)
-        return refresh(xb, retrain=retrain)
-
-    head.refresh = build.wrap(tracked)
+        head.refresh = build.wrap(head.refresh)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=case["epochs"], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0)
