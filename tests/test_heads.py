@@ -636,3 +636,42 @@ def test_hard_ivf_cells_reused_between_retrains():
 def test_hard_retrain_every_checked():
     with pytest.raises(ConfigError, match=r"retrain_every=0.*Fix:"):
         HardNegativeSoftmax(retrain_every=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, N, N + 5])
+def test_chunked_logsumexp_mask_equals_dense_masked(chunk):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, D, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(N, D, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, generator=g, dtype=torch.float64)
+    rows, cols = torch.tensor([0, 0, 2, 1]), torch.tensor([5, 1, 6, 3])  # unsorted on purpose
+    out = chunked_logsumexp(q, v, chunk, (rows, cols))
+    logits = (q @ v.T).masked_fill(torch.zeros(3, N, dtype=torch.bool).index_put_((rows, cols), torch.tensor(True)),
+                                   float("-inf"))
+    ref = torch.logsumexp(logits, dim=1)
+    torch.testing.assert_close(out, ref)
+    assert (out < torch.logsumexp(q @ v.T, 1)).all()  # the mask removes mass from every row
+    gq, gv = torch.autograd.grad((out * w).sum(), (q, v))
+    rq, rv = torch.autograd.grad((ref * w).sum(), (q, v))
+    torch.testing.assert_close(gq, rq)
+    torch.testing.assert_close(gv, rv)
+
+
+def test_full_softmax_mask_known_positives_hand_worked():
+    # user 0 has train items {0, 2}; example (user 0, item 0): item 2 leaves the denominator.
+    # user 1 has only {1}: example (user 1, item 1) is unchanged by the mask.
+    it = tower()
+    q = query(2)
+    b = batch([0, 1], [0, 1])
+    plain = bound(FullSoftmax(temperature=0.5))(q, b, it).loss
+    masked = bound(FullSoftmax(temperature=0.5, mask_known_positives=True))(q, b, it)
+    with torch.no_grad():
+        s = (q @ it.all().T / 0.5).numpy()  # (2, N)
+    row0 = [s[0, 0]] + [s[0, j] for j in range(N) if j not in (0, 2)]
+    row1 = [s[1, 1]] + [s[1, j] for j in range(N) if j != 1]
+    assert masked.loss.item() == pytest.approx(ce([row0, row1]), rel=1e-9)
+    assert plain.item() == pytest.approx(ce([[s[0, 0]] + [s[0, j] for j in range(N) if j != 0], row1]), rel=1e-9)
+    assert masked.loss.item() < plain.item()  # triggered: changes the loss
+    assert float(masked.logs["effective_negatives"]) == pytest.approx(N - 1 - 0.5)  # one masked over two rows
+    only_unmasked = bound(FullSoftmax(temperature=0.5, mask_known_positives=True))(q[1:], batch([1], [1]), it).loss
+    assert only_unmasked.item() == pytest.approx(ce([row1]), rel=1e-9)  # not triggered: unchanged

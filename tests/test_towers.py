@@ -130,3 +130,26 @@ def test_mismatched_tower_dims_caught_by_module():
     with pytest.raises(ConfigError, match="dim=8.*dim=16.*Fix:"):
         TwoTowerModule(schema=schema(), query_tower=partial(QueryTower, dim=8),
                        item_tower=partial(ItemTower, dim=16))
+
+
+def test_bag_dropout_drops_ids_in_training_only():
+    s = schema()
+    t = QueryTower(s, dim=4, use_id=False, use_bag=True, use_features=False, sparse=False, bag_dropout=0.5)
+    batch = {"user": torch.zeros(64, dtype=torch.long),
+             "bag": torch.arange(8).repeat(64, 1) % s.bag_size}  # (64, 8), same bag for all rows
+    t.eval()
+    q_eval = t(batch)
+    assert torch.allclose(q_eval, q_eval[0].expand_as(q_eval))  # evaluation pools the whole bag
+    t.train()
+    torch.manual_seed(0)
+    q_train = t(batch)
+    # dropped ids change the mean: rows differ from each other and from the full bag
+    assert not torch.allclose(q_train, q_eval)
+    assert (q_train - q_train[0]).abs().sum(1).gt(1e-6).any()
+    t.bag_dropout = 0.0
+    assert torch.allclose(t(batch), q_eval)  # dropout 0: training equals evaluation
+
+
+def test_bag_dropout_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="bag_dropout=1.0"):
+        QueryTower(schema(), dim=4, bag_dropout=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from recsys.heads.base import Head, HeadOutput
@@ -16,28 +17,48 @@ class FullSoftmax(Head):
     reference at small N and the slow path at large N. The (B, N) logits are reduced
     ``chunk`` columns at a time with exact gradients (``recsys.heads.chunked``).
 
+    With ``mask_known_positives`` the user's other train items leave the denominator:
+    loss = logsumexp_{j not in I_u \\ {+}}(s_j / T) - s_+ / T, so the target competes only
+    with items the user has not interacted with, as in the evaluation, where train items
+    are excluded from the ranking (DESIGN.md section 3). Without it, every example also
+    pushes down the user's other positives, which are the items most similar to the target.
+
     Args:
         temperature: T (logits divided by T); ``learn_temperature`` makes it trainable.
         chunk: items per block of the log-sum-exp.
+        mask_known_positives: drop the user's other train items from the softmax.
 
     Example:
         >>> head = FullSoftmax(temperature=0.5)  # in YAML: class_path: recsys.heads.FullSoftmax
     """
 
-    def __init__(self, temperature: float = 1.0, learn_temperature: bool = False, chunk: int = 8192):
+    def __init__(self, temperature: float = 1.0, learn_temperature: bool = False, chunk: int = 8192,
+                 mask_known_positives: bool = False):
         super().__init__(temperature, learn_temperature)
-        self.chunk = chunk
+        self.chunk, self.mask_known_positives = chunk, mask_known_positives
+
+    def known_mask(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) of the batch users' train items other than each row's positive."""
+        m = self.known.rows(users.cpu().numpy())  # (B, N) CSR
+        rows = torch.from_numpy(np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))).to(users.device)
+        cols = torch.from_numpy(m.indices.astype(np.int64)).to(users.device)
+        keep = cols != items[rows]  # the positive itself stays in the softmax
+        return rows[keep], cols[keep]
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
         T = self.temperature()
         v_all = item_tower.all()  # (N, D)
         v_pos = item_tower(batch["item"])  # (B, D)
         pos = (q * v_pos).sum(-1)  # (B,)
-        lse = chunked_logsumexp(q / T, v_all, self.chunk)  # (B,)
+        mask = None
+        if self.mask_known_positives and self.known is not None:
+            mask = self.known_mask(batch["user"], batch["item"])  # (P,), (P,)
+        lse = chunked_logsumexp(q / T, v_all, self.chunk, mask)  # (B,)
         loss = (lse - pos / T).mean()
         with torch.no_grad():
+            n_masked = 0.0 if mask is None else len(mask[0]) / len(pos)  # masked per example
             logs = {"temperature": T.detach(), "pos_logit": pos.mean(),
                     "neg_logit": (q @ v_all.mean(0)).mean(),
-                    "accidental_hit_rate": torch.tensor(0.0),
-                    "effective_negatives": torch.tensor(float(v_all.shape[0] - 1))}
+                    "accidental_hit_rate": torch.tensor(n_masked / max(v_all.shape[0] - 1, 1)),
+                    "effective_negatives": torch.tensor(float(v_all.shape[0] - 1 - n_masked))}
         return HeadOutput(loss, logs)
