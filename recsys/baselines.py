@@ -94,7 +94,7 @@ class Baseline(ABC):
                     f"exclude has shape {exclude.shape}: it needs one row per user, "
                     f"(Q={len(users)}, N={self.xb.shape[0]}). Fix: pass data.seen(split)[users]."
                 )
-        retriever = ExactRetriever(query_chunk=chunk).build(self.xb)
+        retriever = ExactRetriever().build(self.xb)  # its own query blocks, in parallel
         I = np.empty((len(users), k), dtype=np.int64)
         for q0 in range(0, len(users), chunk):
             q1 = min(q0 + chunk, len(users))

@@ -69,6 +69,39 @@ def test_exact_equals_brute_force(data, query_chunk, item_chunk, k, use_exclude)
         assert not ex[np.arange(len(I))[:, None], np.maximum(I, 0)].toarray()[I >= 0].any()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_exact_chunked_pruning_equals_brute_force(threads):
+    # N = 20,000 in chunks of 1,000 items (blocks of 62, the last chunk padded): the
+    # block-max pruning path with several chunks, exclusions in every chunk and query
+    # blocks of 8 handed to `threads` workers. Query 0 keeps 5 items (t = -inf: its
+    # block falls back to _topk_block); the other blocks stay on the pruned path.
+    rng = np.random.default_rng(7)
+    Q, N, dim, k = 40, 20_000, 16, 20
+    centres = rng.standard_normal((50, dim))
+    xb = (centres[rng.integers(50, size=N)] + 0.5 * rng.standard_normal((N, dim))).astype(np.float32)
+    xq = (centres[rng.integers(50, size=Q)] + 0.5 * rng.standard_normal((Q, dim))).astype(np.float32)
+    dense = rng.random((Q, N)) < 0.05
+    dense[0] = True
+    dense[0, :5] = False
+    ex = sp.csr_matrix(dense.astype(np.float32))
+    for exclude in (None, ex):
+        D_ref, I_ref = brute_force(xq, xb, k, exclude)
+        r = ExactRetriever(query_chunk=8, item_chunk=1000, threads=threads).build(xb)
+        D, I = r.search(xq, k, exclude=exclude)
+        np.testing.assert_array_equal(I, I_ref)
+        np.testing.assert_allclose(D, D_ref.astype(np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_exact_chunked_ties_fall_back():
+    # constant scores on the pruned path: every block maximum equals t, so the block falls
+    # back to _topk_block, which keeps the smallest ids among ties
+    xb = np.zeros((20_000, 8), dtype=np.float32)
+    xb[12_345] = 1.0  # one item above the rest
+    D, I = ExactRetriever(item_chunk=1024).build(xb).search(np.ones((3, 8), np.float32), 20)
+    assert (I[:, 0] == 12_345).all() and (D[:, 0] == 8).all() and (D[:, 1:] == 0).all()
+    assert all(len(set(row)) == 20 for row in I.tolist())
+
+
 def test_block_bytes_caps_the_query_chunk(data):
     xq, xb, ex = data
     _, I_ref = brute_force(xq, xb, 10, ex)
@@ -173,10 +206,27 @@ def test_approximate_recall(clustered, retriever, use_exclude):
 
 def test_faiss_exclusion_heavy_user_pads(data):
     xq, xb, ex = data
-    for r in (FaissFlatRetriever(query_chunk=8), FaissHNSWRetriever()):
+    # IVF scanning all of its cells is exact: its over-fetch counts only the excluded
+    # items in the probed cells, so heavy users still get their pads
+    for r in (FaissFlatRetriever(query_chunk=8), FaissHNSWRetriever(), FaissIVFRetriever(nlist=8, nprobe=8)):
         D, I = r.build(xb).search(xq, 10, exclude=ex)
         assert (I[0, 3:] == -1).all() and (I[1] == -1).all() and np.isneginf(D[1]).all()
         assert set(I[0, :3]) == set(np.flatnonzero(ex[0].toarray()[0] == 0))
+
+
+def test_ivf_overfetch_in_probed_cells_equals_exact_within_cells(clustered):
+    # nprobe = 1: the result of each query comes from its own cell; excluding items (most
+    # of them outside that cell) must still return k admissible items, none excluded,
+    # the same as a flat search restricted to the query's cell
+    xq, xb, ex = clustered
+    r = FaissIVFRetriever(nlist=32, nprobe=1).build(xb)
+    _, I = r.search(xq, 10, exclude=ex)
+    cell = r._cells()
+    _, own = r.index.quantizer.search(xq, 1)
+    for q in range(len(xq)):
+        members = np.flatnonzero((cell == own[q, 0]) & (ex[q].toarray()[0] == 0))
+        best = members[np.argsort(-(xb[members] @ xq[q]), kind="stable")][:10]
+        assert set(I[q][I[q] >= 0]) == set(best), q
 
 
 def test_threads_setting_is_restored(data):
