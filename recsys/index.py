@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -258,10 +259,15 @@ class ExactRetriever(Retriever):
         D = np.empty((Q, k), dtype=np.float32)
         I = np.empty((Q, k), dtype=np.int64)
 
+        local = threading.local()  # one score buffer per worker, reused block after block:
+        # a fresh (qc, N) array per block would page-fault its 256 MB in again each time
+
         def work(q0: int) -> None:
             q1 = min(q0 + qc, Q)
             ex = _csr_rows(exclude, q0, q1) if exclude is not None else None
-            D[q0:q1], I[q0:q1] = _pad(*_select(xq[q0:q1], self.xb, k, ic, w, ex))
+            if getattr(local, "buf", None) is None:
+                local.buf = np.empty(qc * n_pad, dtype=np.float32)
+            D[q0:q1], I[q0:q1] = _pad(*_select(xq[q0:q1], self.xb, k, ic, w, ex, local.buf))
 
         starts = range(0, Q, qc)
         with threadpool_limits(1, user_api="blas"):
@@ -277,8 +283,10 @@ class ExactRetriever(Retriever):
 
 
 def _select(xq: np.ndarray, xb: np.ndarray, k: int, ic: int, w: int,
-            ex: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of ``xq @ xb.T`` (q, N) with the entries ``ex`` = (rows, cols) at -inf.
+            ex: tuple[np.ndarray, np.ndarray] | None,
+            buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of ``xq @ xb.T`` (q, N) with the entries ``ex`` = (rows, cols) at -inf;
+    ``buf``: float32 scratch of >= q * ceil(N / ic) * ic entries (None: allocated here).
 
     Scores go chunk by chunk (``ic`` items, the last one padded with -inf) into a
     chunk-major buffer S (C, q, ic); the maximum of every ``w`` columns is taken while the
@@ -296,7 +304,7 @@ def _select(xq: np.ndarray, xb: np.ndarray, k: int, ic: int, w: int,
         if ex is not None:
             S[ex[0], ex[1]] = -np.inf
         return _topk_block(S, k)
-    S = np.empty((C, q, ic), dtype=np.float32)
+    S = (np.empty(C * q * ic, np.float32) if buf is None else buf[: C * q * ic]).reshape(C, q, ic)
     bmax = np.empty((q, C, bpc), dtype=np.float32)
     if ex is not None and ex[0].size:
         ch = ex[1] // ic
