@@ -208,21 +208,21 @@ class ExactRetriever(Retriever):
 
     The queries are cut into blocks of ``query_chunk`` rows, handed to ``threads`` worker
     threads (default: as many as numpy's BLAS uses); each worker scores its block against
-    ``item_chunk`` items at a time with a single-threaded matmul and takes the block
-    maxima of every ``item_chunk / 16`` columns while the chunk is still in cache. The k-th
-    largest block maximum t bounds the k-th score from below, so only blocks with maximum
-    >= t (~k of the ~16 N / item_chunk) are read again and their entries >= t sorted
-    (``_select``): one pass over the scores in cache plus a few percent of them from
-    memory, instead of a selection over a (Q, N) block in memory. The matmul is then most
-    of the search: at N = 1e6, D = 64 the whole search runs at ~0.5-0.6 of the machine's
-    sgemm rate (bench/eval_speed). Workers release the GIL in numpy, and BLAS is limited to
-    one thread during the search (threadpoolctl), so ``threads`` cores work in parallel.
+    ``item_chunk`` items at a time with a single-threaded matmul into a small buffer that
+    stays in cache, and keeps only the entries that can still be in the top-k: those >= a
+    running lower bound of the k-th score, the k-th largest of the block maxima (every
+    ``item_chunk / 16`` columns) seen so far (``_select``). The (Q, N) scores never go to
+    memory, and the matmul is most of the search (bench/eval_speed: ~0.5 of the machine's
+    sgemm rate at N = 1e6, D = 64, k = 100 on a loaded 2-core machine, where the matmuls
+    alone run at ~0.9). Workers release the GIL in numpy, and BLAS is limited to one
+    thread during the search (threadpoolctl), so ``threads`` cores work in parallel.
 
-    Memory: per worker a ``query_chunk x N`` float32 score block (lowered so that all
-    workers stay under ``block_bytes``, None: no cap; 64 x 1e6 x 4 = 256 MB). Exact:
-    results equal brute force, ordered by score, ties by smaller id (ties among many items,
-    e.g. an untrained model, or rows with fewer than k admissible items fall back to
-    ``_topk_block`` on the row).
+    Memory: per worker a float32 buffer for ``query_chunk`` queries x the first ceil(k / 16)
+    item chunks, scored together (7 for k = 100: 64 x 7 x 8192 x 4 = 15 MB), lowered so
+    that all workers stay under ``block_bytes`` (None: no cap), plus the candidates (a few
+    k per query). Exact: results equal brute force, ordered by score, ties by smaller id
+    (ties among many items, e.g. an untrained model, or rows with fewer than k admissible
+    items fall back to ``_topk_block`` on whole rows).
     """
 
     is_exact = True
@@ -253,20 +253,19 @@ class ExactRetriever(Retriever):
         workers = max(1, self.threads or (max(blas) if blas else 1))
         w = max(1, min(self.item_chunk, N) // 16)  # pruning block width
         ic = w * max(1, min(self.item_chunk, N) // w)  # items per chunk, a multiple of w
-        n_pad = -(-N // ic) * ic
-        cap = (self.block_bytes or 4 * n_pad * Q * workers) // (4 * n_pad * workers)
+        width = -(-k // (ic // w)) * ic  # columns of the first chunk group (the largest buffer)
+        cap = (self.block_bytes or 4 * width * Q * workers) // (4 * width * workers)
         qc = max(1, min(self.query_chunk, Q, cap))
         D = np.empty((Q, k), dtype=np.float32)
         I = np.empty((Q, k), dtype=np.int64)
 
-        local = threading.local()  # one score buffer per worker, reused block after block:
-        # a fresh (qc, N) array per block would page-fault its 256 MB in again each time
+        local = threading.local()  # one score buffer per worker, reused block after block
 
         def work(q0: int) -> None:
             q1 = min(q0 + qc, Q)
             ex = _csr_rows(exclude, q0, q1) if exclude is not None else None
             if getattr(local, "buf", None) is None:
-                local.buf = np.empty(qc * n_pad, dtype=np.float32)
+                local.buf = np.empty(qc * width, dtype=np.float32)
             D[q0:q1], I[q0:q1] = _pad(*_select(xq[q0:q1], self.xb, k, ic, w, ex, local.buf))
 
         starts = range(0, Q, qc)
@@ -286,60 +285,80 @@ def _select(xq: np.ndarray, xb: np.ndarray, k: int, ic: int, w: int,
             ex: tuple[np.ndarray, np.ndarray] | None,
             buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``xq @ xb.T`` (q, N) with the entries ``ex`` = (rows, cols) at -inf;
-    ``buf``: float32 scratch of >= q * ceil(N / ic) * ic entries (None: allocated here).
+    ``buf``: float32 scratch of >= q * G * ic entries (None: allocated here).
 
-    Scores go chunk by chunk (``ic`` items, the last one padded with -inf) into a
-    chunk-major buffer S (C, q, ic); the maximum of every ``w`` columns is taken while the
-    chunk is in cache. t = the k-th largest block maximum per row is a lower bound of the
-    k-th largest score (k distinct blocks each hold an entry >= t), so every top-k entry
-    lies in a block with maximum >= t; those blocks are gathered and their entries >= t
-    sorted by (score desc, id asc). Too many candidates (ties, or rows with fewer than k
-    finite scores: t = -inf) -> ``_topk_block`` on the rows laid out contiguously.
+    The scores are computed ``ic`` items at a time into a small buffer that stays in cache
+    and never go to memory whole. Block maxima (every ``w`` columns) seen so far give a
+    running lower bound t of the k-th largest score (the k-th largest maximum of any set of
+    blocks: k distinct blocks each hold an entry >= it). Each chunk keeps only its entries
+    >= t, read from the blocks whose maximum is >= t; at the end the candidates >= the final
+    t are sorted by (score desc, id asc) and the first k of each row kept. The first G
+    chunks (G * ic / w >= k blocks) are scored together so that t is finite from the start,
+    and t is refreshed every 8 chunks. Too many candidates (ties, or rows with fewer than k
+    finite scores: t = -inf) -> ``_topk_block`` on the whole rows, recomputed (rare).
     """
     q, N = xq.shape[0], xb.shape[0]
     bpc, C = ic // w, -(-N // ic)  # blocks per chunk, chunks
     B = C * bpc
-    if B < 4 * k:  # too few blocks to prune: score whole rows and select
-        S = xq @ xb.T  # (q, N)
+    G = -(-k // bpc)  # chunks of the first group: >= k blocks
+
+    def full_rows():  # (q, N) scores with the exclusions, for small or degenerate cases
+        S = xq @ xb.T
         if ex is not None:
             S[ex[0], ex[1]] = -np.inf
         return _topk_block(S, k)
-    S = (np.empty(C * q * ic, np.float32) if buf is None else buf[: C * q * ic]).reshape(C, q, ic)
-    bmax = np.empty((q, C, bpc), dtype=np.float32)
+
+    if B < 4 * k or G >= C:  # too few blocks to prune: score whole rows and select
+        return full_rows()
+    buf = np.empty(q * G * ic, np.float32) if buf is None else buf
+    bmax = np.full((q, B), -np.inf, dtype=np.float32)
     if ex is not None and ex[0].size:
-        ch = ex[1] // ic
-        order = np.argsort(ch, kind="stable")
-        ex_ch, ex_r, ex_c = ch[order], ex[0][order], ex[1][order] % ic
-        bounds = np.searchsorted(ex_ch, np.arange(C + 1))  # excluded entries of chunk c
+        order = np.argsort(ex[1], kind="stable")
+        ex_r, ex_c = ex[0][order], ex[1][order]
+        bounds = np.searchsorted(ex_c, np.arange(C + 1) * ic)  # excluded entries of chunk c
     else:
         bounds = None
-    for c in range(C):
-        i0, i1 = c * ic, min((c + 1) * ic, N)
-        Sc = S[c]  # (q, ic)
-        if i1 - i0 == ic:
-            np.matmul(xq, xb[i0:i1].T, out=Sc)
+    t = np.full(q, -np.inf, dtype=np.float32)
+    found = []  # (rows, cols, vals) of each chunk group
+    c0 = 0
+    while c0 < C:
+        c1 = G if c0 == 0 else c0 + 1  # the first group, then one chunk at a time
+        i0, i1 = c0 * ic, min(c1 * ic, N)
+        n = i1 - i0
+        width = (c1 - c0) * ic
+        S = buf[: q * width].reshape(q, width)  # (q, width), in cache for one chunk
+        if n == width:
+            np.matmul(xq, xb[i0:i1].T, out=S)
         else:  # last, shorter chunk: pad with -inf (never >= a finite t)
-            Sc[:, : i1 - i0] = xq @ xb[i0:i1].T
-            Sc[:, i1 - i0 :] = -np.inf
-        if bounds is not None and bounds[c + 1] > bounds[c]:
-            e = slice(bounds[c], bounds[c + 1])
-            Sc[ex_r[e], ex_c[e]] = -np.inf
-        np.max(Sc.reshape(q, bpc, w), axis=2, out=bmax[:, c])  # in cache
-    bm = bmax.reshape(q, B)
-    t = np.partition(bm, B - k, axis=1)[:, B - k]  # (q,) k-th largest block maximum
-    sel_r, sel_b = np.nonzero(bm >= t[:, None])  # (m,) blocks that can hold a top-k entry
-    if np.isfinite(t).all() and sel_r.size <= 8 * q * k:
-        blk = S.reshape(C, q, bpc, w)[sel_b // bpc, sel_r, sel_b % bpc]  # (m, w)
-        i, j = np.nonzero(blk >= t[sel_r][:, None])
-        if i.size <= 16 * q * k:
-            rows, cols, vals = sel_r[i], sel_b[i] * w + j, blk[i, j]
-            order = np.lexsort((cols, -vals, rows))  # by row, then score desc, then id asc
-            rows, cols, vals = rows[order], cols[order], vals[order]
-            start = np.searchsorted(rows, np.arange(q))  # (q,) first candidate of each row
-            keep = np.arange(rows.size) - start[rows] < k  # the first k of each row
-            return vals[keep].reshape(q, k), cols[keep].reshape(q, k)
-    rows = S.transpose(1, 0, 2).reshape(q, C * ic)[:, :N]  # (q, N) copy, rare
-    return _topk_block(rows, k)
+            S[:, :n] = xq @ xb[i0:i1].T
+            S[:, n:] = -np.inf
+        if bounds is not None and bounds[c1 if c1 <= C else C] > bounds[c0]:
+            e = slice(bounds[c0], bounds[min(c1, C)])
+            S[ex_r[e], ex_c[e] - i0] = -np.inf
+        nb = width // w
+        bm = bmax[:, c0 * bpc : c0 * bpc + nb]
+        np.max(S.reshape(q, nb, w), axis=2, out=bm)
+        if c0 == 0 or c1 % 8 == 0:  # refresh the running bound
+            t = np.partition(bmax[:, : c1 * bpc], c1 * bpc - k, axis=1)[:, c1 * bpc - k]
+        sel_r, sel_b = np.nonzero(bm >= t[:, None])  # blocks of this chunk that can matter
+        if sel_r.size:
+            blk = S.reshape(q, nb, w)[sel_r, sel_b]  # (m, w)
+            i, j = np.nonzero(blk >= t[sel_r][:, None])
+            found.append((sel_r[i], i0 + sel_b[i] * w + j, blk[i, j]))
+        if not np.isfinite(t).all() or sum(f[0].size for f in found) > 64 * q * k:
+            return full_rows()  # ties or mostly excluded rows: no useful bound
+        c0 = c1
+    t = np.partition(bmax, B - k, axis=1)[:, B - k]  # final bound: k-th largest block max
+    rows, cols, vals = (np.concatenate(x) for x in zip(*found))
+    keep = vals >= t[rows]
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    order = np.lexsort((cols, -vals, rows))  # by row, then score desc, then id asc
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    start = np.searchsorted(rows, np.arange(q))  # (q,) first candidate of each row
+    keep = np.arange(rows.size) - start[rows] < k  # the first k of each row
+    if keep.sum() != q * k:  # a row with fewer than k candidates: cannot happen, but be safe
+        return full_rows()
+    return vals[keep].reshape(q, k), cols[keep].reshape(q, k)
 
 
 @contextmanager
