@@ -21,6 +21,7 @@ from recsys.optim import MultiOptimizer, SparseAdam
 from recsys.towers import ItemTower, QueryTower
 
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+SchedulerCallable = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 def _adam(params):
@@ -73,6 +74,9 @@ class TwoTowerModule(L.LightningModule):
         dense_optimizer: optimizer for dense parameters (MLPs, temperature, biases);
             default Adam(lr=1e-3).
         sparse_optimizer: optimizer for sparse id tables; default SparseAdam(lr=1e-2).
+        lr_scheduler: optional epoch-wise schedule over both optimizers (they share their
+            param groups through ``MultiOptimizer``), e.g. ``torch.optim.lr_scheduler.ExponentialLR``
+            with ``gamma: 0.7``; its state is checkpointed by Lightning.
         eval_ks: cut-offs of the validation / test metrics.
         eval_index: retriever for validation / test (``exact`` by default).
     """
@@ -85,6 +89,7 @@ class TwoTowerModule(L.LightningModule):
         head: Head | None = None,
         dense_optimizer: OptimizerCallable | None = None,
         sparse_optimizer: OptimizerCallable | None = None,
+        lr_scheduler: SchedulerCallable | None = None,
         eval_ks: list[int] | None = None,
         eval_index: str = "exact",
     ):
@@ -107,6 +112,7 @@ class TwoTowerModule(L.LightningModule):
         check_head_sizes(self.head, schema.n_items)
         self.dense_optimizer = dense_optimizer or _adam
         self.sparse_optimizer = sparse_optimizer or _sparse_adam
+        self.lr_scheduler = lr_scheduler
         self.eval_ks = list(eval_ks or [10, 20])
         if max(self.eval_ks) > schema.n_items:
             raise ConfigError(
@@ -147,7 +153,10 @@ class TwoTowerModule(L.LightningModule):
         dense = [p for p in self.parameters() if id(p) not in sparse_ids and p.requires_grad]
         opts = ([self.dense_optimizer(dense)] if dense else []) + (
             [self.sparse_optimizer(sparse)] if sparse else [])
-        return MultiOptimizer(opts)
+        opt = MultiOptimizer(opts)
+        if self.lr_scheduler is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler(opt), "interval": "epoch"}}
 
     # ---- training --------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:

@@ -5,7 +5,7 @@
 
 Each head's config is ``BASE`` with the head's block swapped in: the head file is
 ``<--head-configs or BASE's folder>/<head>.yaml`` (so ``configs/<dataset>/<head>.yaml``), and
-from it only ``model.head``, ``model.dense_optimizer`` / ``model.sparse_optimizer`` and
+from it only ``model.head``, ``model.dense_optimizer`` / ``model.sparse_optimizer`` / ``model.lr_scheduler`` and
 ``trainer`` are taken; ``data``, the towers and the seed always come from ``BASE``. Without a
 head file the head's class runs with its defaults. The composed configs are written to
 ``OUT/configs/``. Seeds are ``seed_everything`` values 0..S-1 (or a comma list); the split
@@ -45,7 +45,7 @@ from recsys.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-HEAD_KEYS = ("head", "dense_optimizer", "sparse_optimizer")  # taken from a head file's model block
+HEAD_KEYS = ("head", "dense_optimizer", "sparse_optimizer", "lr_scheduler")  # taken from a head file's model block
 TABLE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
 
