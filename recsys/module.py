@@ -102,11 +102,12 @@ class TwoTowerModule(L.LightningModule):
         self.schema = schema
         self.query_tower = query_tower(schema)
         self.item_tower = item_tower(schema)
-        if self.query_tower.dim != self.item_tower.dim:
+        qt, it = self.query_tower, self.item_tower
+        if (qt.dim, qt.item_bias) != (it.dim, it.item_bias):
             raise ConfigError(
-                f"query tower dim={self.query_tower.dim} != item tower dim={self.item_tower.dim}: "
-                "the score is their inner product, so both must output the same D. "
-                "Fix: set the same dim in both towers."
+                f"query tower dim={qt.dim}, item_bias={qt.item_bias} != item tower dim={it.dim}, "
+                f"item_bias={it.item_bias}: the score is their inner product, so both must output "
+                "the same D (+ 1 for the item bias). Fix: set the same dim and item_bias in both towers."
             )
         self.head = head if head is not None else InBatchSoftmax()
         check_head_sizes(self.head, schema.n_items)

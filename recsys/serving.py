@@ -97,7 +97,7 @@ def embed_users(query_tower, data, users: np.ndarray, max_history: int, batch_si
     out = [query_tower(ds.__getitems__(range(s, min(s + batch_size, len(ds))))).float().cpu().numpy()
            for s in range(0, len(ds), batch_size)]
     query_tower.train(was)
-    return np.concatenate(out) if out else np.zeros((0, query_tower.dim), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, query_tower.out_dim), np.float32)
 
 
 @dataclass

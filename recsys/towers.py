@@ -30,7 +30,7 @@ class _Tower(nn.Module):
     """Shared combine step: sum the parts, or concatenate them through an MLP."""
 
     def __init__(self, dim: int, n_parts: int, hidden: list[int] | None, dropout: float,
-                 normalize: bool, init_std: float):
+                 normalize: bool, init_std: float, item_bias: bool = False):
         super().__init__()
         if dim < 1 or n_parts < 1:
             raise ConfigError(
@@ -38,6 +38,8 @@ class _Tower(nn.Module):
                 "input (id, bag or features). Fix: enable an input or raise dim."
             )
         self.dim, self.normalize, self.init_std = dim, normalize, init_std
+        self.item_bias = item_bias
+        self.out_dim = dim + int(item_bias)  # the width of the score's inner product
         self.mlp = _mlp(dim * n_parts, list(hidden), dim, dropout) if hidden else None
 
     def _init(self, m: nn.Module) -> None:
@@ -77,19 +79,22 @@ class QueryTower(_Tower):
         normalize: L2-normalise the output (pair with a small temperature).
         sparse: sparse gradients for the id tables.
         init_std: std of the normal init of the id tables.
+        item_bias: append a constant 1 to the output (D + 1), the coordinate that multiplies
+            the item tower's learned bias (``ItemTower(item_bias=True)``); set it on both.
     """
 
     def __init__(self, schema: Schema, dim: int = 64, use_id: bool = True, use_bag: bool = True,
                  use_features: bool = True, hidden: list[int] | None = None, dropout: float = 0.0,
                  bag_dropout: float = 0.0, normalize: bool = False, sparse: bool = True,
-                 init_std: float = 0.05):
+                 init_std: float = 0.05, item_bias: bool = False):
         use_features = use_features and bool(schema.user_feature_cards)
         if not 0.0 <= bag_dropout < 1.0:
             raise ConfigError(
                 f"QueryTower bag_dropout={bag_dropout}: need 0 <= bag_dropout < 1 (the share of bag "
                 "ids dropped in training). Fix: e.g. bag_dropout=0.5, or 0 to turn it off."
             )
-        super().__init__(dim, use_id + use_bag + use_features, hidden, dropout, normalize, init_std)
+        super().__init__(dim, use_id + use_bag + use_features, hidden, dropout, normalize, init_std,
+                         item_bias)
         self.bag_dropout, self.pad = bag_dropout, schema.bag_size
         self.user_emb = nn.Embedding(schema.n_users, dim, sparse=sparse) if use_id else None
         self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="mean", sparse=sparse,
@@ -120,7 +125,10 @@ class QueryTower(_Tower):
             parts.append(self.bag_emb(bag))  # (B, D), mean over non-pad ids
         if self.feat_emb is not None:
             parts.append(self.feat_emb(batch["user_feats"] + self.feat_offsets).sum(1))  # (B, D)
-        return self.combine(parts)
+        x = self.combine(parts)  # (B, D)
+        if self.item_bias:
+            x = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)  # (B, D + 1): q . v + b_j
+        return x
 
 
 class ItemTower(_Tower):
@@ -130,13 +138,18 @@ class ItemTower(_Tower):
         schema: data sizes and the (N, Gmax) item feature index.
         dim, hidden, dropout, normalize, sparse, init_std: as for ``QueryTower``.
         use_features: embed the item's categorical features (if the data has them).
+        item_bias: append a learned per-item bias b_j (zero-initialised) to the output
+            (D + 1), so that the score is q . v_j + b_j, still one inner product (FAISS and
+            the exact retriever need no change) with ``QueryTower(item_bias=True)``. With
+            L2-normalised towers the embeddings cannot carry popularity in their norm; the
+            bias can (the item bias of matrix factorisation, Koren et al. 2009).
     """
 
     def __init__(self, schema: Schema, dim: int = 64, use_features: bool = True,
                  hidden: list[int] | None = None, dropout: float = 0.0, normalize: bool = False,
-                 sparse: bool = True, init_std: float = 0.05):
+                 sparse: bool = True, init_std: float = 0.05, item_bias: bool = False):
         use_features = use_features and schema.item_feature_index is not None
-        super().__init__(dim, 1 + use_features, hidden, dropout, normalize, init_std)
+        super().__init__(dim, 1 + use_features, hidden, dropout, normalize, init_std, item_bias)
         self.n_items = schema.n_items
         self.item_emb = nn.Embedding(schema.n_items, dim, sparse=sparse)
         self.feat_emb = None
@@ -144,7 +157,10 @@ class ItemTower(_Tower):
             G = schema.n_item_feature_values
             self.register_buffer("feat_index", torch.as_tensor(schema.item_feature_index))
             self.feat_emb = nn.EmbeddingBag(G + 1, dim, mode="mean", sparse=sparse, padding_idx=G)
+        self.bias_emb = nn.Embedding(schema.n_items, 1, sparse=sparse) if item_bias else None
         self._init(self)
+        if self.bias_emb is not None:
+            nn.init.zeros_(self.bias_emb.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (...,) int64 -> (..., D)."""
@@ -153,7 +169,10 @@ class ItemTower(_Tower):
         parts = [self.item_emb(ids)]  # (C, D)
         if self.feat_emb is not None:
             parts.append(self.feat_emb(self.feat_index[ids]))  # (C, D)
-        return self.combine(parts).reshape(*shape, self.dim)
+        x = self.combine(parts)  # (C, D)
+        if self.bias_emb is not None:
+            x = torch.cat([x, self.bias_emb(ids)], dim=-1)  # (C, D + 1)
+        return x.reshape(*shape, self.out_dim)
 
     def all(self) -> torch.Tensor:
         """(N, D) embeddings of the whole catalogue, with gradients (full-catalogue heads).

@@ -153,3 +153,31 @@ def test_bag_dropout_drops_ids_in_training_only():
 def test_bag_dropout_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="bag_dropout=1.0"):
         QueryTower(schema(), dim=4, bag_dropout=1.0)
+
+
+def test_item_bias_is_one_more_inner_product_coordinate():
+    s = schema()
+    q = QueryTower(s, dim=4, use_id=True, use_bag=False, use_features=False, sparse=False, normalize=True,
+                   item_bias=True)
+    it = ItemTower(s, dim=4, sparse=False, normalize=True, item_bias=True)
+    xq = q({"user": torch.tensor([0, 1])})  # (2, 5)
+    xb = it.embed_all()  # (7, 5)
+    assert xq.shape == (2, 5) and xb.shape == (7, 5)
+    assert torch.equal(xq[:, -1], torch.ones(2))  # the constant that multiplies b_j
+    torch.testing.assert_close(xq[:, :4].norm(dim=1), torch.ones(2))  # normalisation leaves it out
+    assert torch.equal(xb[:, -1], torch.zeros(7))  # zero-initialised: no effect until trained
+    before = xq @ xb.T  # (2, 7)
+    with torch.no_grad():
+        it.bias_emb.weight[3] = 0.7
+    after = xq @ it.embed_all().T
+    expect = before.clone()
+    expect[:, 3] += 0.7  # score = q . v_j + b_j
+    torch.testing.assert_close(after, expect)
+
+
+def test_item_bias_on_one_tower_only_is_a_config_error():
+    from recsys.module import TwoTowerModule
+
+    with pytest.raises(ConfigError, match="item_bias=True.*item_bias=False.*Fix:"):
+        TwoTowerModule(schema=schema(), query_tower=partial(QueryTower, dim=4, item_bias=True),
+                       item_tower=partial(ItemTower, dim=4), eval_ks=[5])
