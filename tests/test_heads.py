@@ -675,3 +675,19 @@ def test_full_softmax_mask_known_positives_hand_worked():
     assert float(masked.logs["effective_negatives"]) == pytest.approx(N - 1 - 0.5)  # one masked over two rows
     only_unmasked = bound(FullSoftmax(temperature=0.5, mask_known_positives=True))(q[1:], batch([1], [1]), it).loss
     assert only_unmasked.item() == pytest.approx(ce([row1]), rel=1e-9)  # not triggered: unchanged
+
+
+def test_inbatch_logq_weight_scales_the_correction():
+    # as test_inbatch_static_logq_is_log_B_p with w = 0.5: logits are -0.5 log(B p)
+    #   row 0 (B p = 1):   [0, log 3 / 2, log 3 / 2]            -> log(1 + 2 sqrt 3)
+    #   rows 1, 2 (1/3):   [log 3 / 2 | 0, log 3 / 2] - pos     -> log(2 + 1 / sqrt 3)
+    counts = np.array([2, 0, 0, 0, 0, 0, 0])
+    head = bound(InBatchSoftmax(logq="static", logq_weight=0.5), counts)
+    q = torch.zeros(3, D, dtype=torch.float64)
+    loss = head(q, batch([0, 1, 2], [0, 1, 2]), tower()).loss.item()
+    r3 = math.sqrt(3)
+    assert math.isclose(loss, (math.log(1 + 2 * r3) + 2 * math.log(2 + 1 / r3)) / 3, rel_tol=1e-6)
+    full = bound(InBatchSoftmax(logq="static"), counts)(q, batch([0, 1, 2], [0, 1, 2]), tower()).loss.item()
+    assert not math.isclose(loss, full, rel_tol=1e-3)  # the weight changes the loss
+    with pytest.raises(ConfigError, match="logq_weight=1.5"):
+        InBatchSoftmax(logq_weight=1.5)

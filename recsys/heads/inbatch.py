@@ -58,6 +58,10 @@ class InBatchSoftmax(Head):
 
     Args:
         logq: ``static`` (train counts), ``streaming`` (``StreamingFrequency``) or ``none``.
+        logq_weight: w in logit - w log Q. 1 is the consistent estimate of full softmax;
+            0 is no correction (popularity-biased, below popularity itself on ML-1M);
+            values in between keep part of the popularity bias, which top-heavy metrics
+            such as NDCG@10 reward (a knob, not a correction: tune it on validation).
         mask_duplicates: mask in-batch negatives equal to the row's positive.
         mask_known_positives: also mask negatives that are train items of the user.
         num_uniform: M uniform negatives added to the batch's (mixed negatives), 0 = off.
@@ -68,10 +72,14 @@ class InBatchSoftmax(Head):
     def __init__(self, logq: str = "static", mask_duplicates: bool = True,
                  mask_known_positives: bool = False, num_uniform: int = 0,
                  streaming_alpha: float = 0.01, temperature: float = 1.0,
-                 learn_temperature: bool = False):
+                 learn_temperature: bool = False, logq_weight: float = 1.0):
         super().__init__(temperature, learn_temperature)
         if logq not in ("static", "streaming", "none"):
             raise ConfigError(f"logq='{logq}': need 'static', 'streaming' or 'none'. Fix: pick one.")
+        if not 0.0 <= logq_weight <= 1.0:
+            raise ConfigError(f"logq_weight={logq_weight}: need 0 <= logq_weight <= 1 (the share of log Q "
+                              "subtracted). Fix: 1.0 for the full correction, or logq='none'.")
+        self.logq_weight = logq_weight
         self.logq, self.mask_duplicates = logq, mask_duplicates
         self.mask_known_positives, self.num_uniform = mask_known_positives, num_uniform
         self.streaming_alpha = streaming_alpha
@@ -95,8 +103,8 @@ class InBatchSoftmax(Head):
         else:
             log_b = math.log(B) + self.log_p.to(ids.device)[ids]  # log(B p_j)
         if self.num_uniform:
-            return torch.logaddexp(log_b, torch.full_like(log_b, math.log(self.num_uniform / self.n_items)))
-        return log_b
+            log_b = torch.logaddexp(log_b, torch.full_like(log_b, math.log(self.num_uniform / self.n_items)))
+        return log_b if self.logq_weight == 1.0 else self.logq_weight * log_b
 
     def candidates(self, q, users, items, item_tower):
         """(pos (B,), neg (B, C), log_q_pos, log_q_neg, hits (B, C), own (B, C)) for in-batch
