@@ -115,16 +115,26 @@ class EpochSampler(DistributedSampler):
     is under DDP instead of wrapping it. Unlike ``RandomSampler(generator=g)``, whose order
     in epoch e depends on how often ``g`` was drawn from before, the order here depends
     only on ``(seed, epoch)``, so a resumed run can rebuild it.
+
+    ``weights`` (len(dataset),): draw the epoch's indices with replacement in proportion to
+    them instead of permuting (as ``WeightedRandomSampler``, still from ``(seed, epoch)``).
     """
 
-    def __init__(self, dataset, seed: int = 0, epoch: int = 0, shuffle: bool = True):
+    def __init__(self, dataset, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                 weights: torch.Tensor | None = None):
         W, rank = world()
         super().__init__(dataset, num_replicas=W, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.epoch = epoch
         self.start = 0  # indices of this epoch to skip on the next iteration (resume)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
 
     def __iter__(self) -> Iterator[int]:
-        idx = list(super().__iter__())
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            drawn = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
+            idx = drawn[self.rank:self.total_size:self.num_replicas].tolist()
+        else:
+            idx = list(super().__iter__())
         start, self.start = self.start, 0
         return iter(idx[start:])
 

@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from recsys.errors import ConfigError
 from tests.conftest import REPO, TINY
 
 ARGS = ["fit", "--config", str(REPO / "configs" / "synthetic" / "sampled.yaml"),
@@ -113,3 +115,34 @@ def test_ddp_shares_partition_the_epoch(data, monkeypatch):
     assert len(shares[0]) == len(shares[1])  # equal share sizes: no rank waits in a collective
     assert set(shares[0]) | set(shares[1]) == set(whole)
     assert [x for pair in zip(*shares) for x in pair][: len(whole)] == whole  # rank r: r::2 of the same order
+
+
+def test_user_weighted_epochs_are_deterministic_and_balance_users():
+    from recsys.data import InteractionDataModule
+
+    def users_of(beta, epoch=0):
+        dm = InteractionDataModule(dataset="synthetic", synthetic=dict(TINY), batch_size=64, max_history=5,
+                                   user_weight_power=beta)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return np.array([u for u, _ in _pairs(loader)]), dm.data
+
+    u0, data = users_of(0.0)
+    u1, _ = users_of(1.0)
+    assert np.array_equal(u1, users_of(1.0)[0])  # a function of (seed, epoch) only
+    assert not np.array_equal(u1, users_of(1.0, epoch=1)[0])
+    assert len(u1) == len(u0)  # the epoch keeps its length
+    n_u = np.diff(data.train.indptr)
+    # beta = 0: every pair once, so user u appears n_u times; beta = 1: every user about equally
+    assert np.array_equal(np.bincount(u0, minlength=len(n_u)), n_u)
+    share = np.bincount(u1, minlength=len(n_u)) / len(u1)
+    heavy, light = np.argsort(n_u)[-10:], np.argsort(n_u)[:10]
+    assert share[heavy].sum() < (n_u[heavy].sum() / n_u.sum()) * 0.8  # heavy users drawn less than their pairs
+    assert share[light].sum() > (n_u[light].sum() / n_u.sum()) * 1.2
+
+
+def test_user_weight_power_must_be_non_negative():
+    from recsys.data import InteractionDataModule
+
+    with pytest.raises(ConfigError, match="user_weight_power=-1"):
+        InteractionDataModule(user_weight_power=-1)

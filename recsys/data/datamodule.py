@@ -147,6 +147,10 @@ class InteractionDataModule(L.LightningDataModule):
         rating_threshold / k_core: the protocol's filtering (3.0 / 10).
         synthetic: generator settings for ``dataset: synthetic``.
         num_workers: DataLoader workers (0: batches are built in the main process).
+        user_weight_power: beta >= 0; each epoch draws its pairs with replacement, a pair of a
+            user with n train items in proportion to n^-beta (0: every pair once, shuffled;
+            1: every user equally often). Pairs weigh users by their activity, ranking
+            metrics average over users; beta trades one for the other.
     """
 
     def __init__(
@@ -164,6 +168,7 @@ class InteractionDataModule(L.LightningDataModule):
         synthetic: SyntheticConfig | None = None,
         side_features: bool = True,
         num_workers: int = 0,
+        user_weight_power: float = 0.0,
     ):
         super().__init__()
         if batch_size < 1 or max_history < 0:
@@ -176,6 +181,10 @@ class InteractionDataModule(L.LightningDataModule):
         self.rating_threshold, self.k_core = rating_threshold, k_core
         self.synthetic, self.side_features, self.num_workers = synthetic, side_features, num_workers
         self.eval_max_history = eval_max_history
+        if not user_weight_power >= 0:
+            raise ConfigError(f"user_weight_power={user_weight_power}: need >= 0 (0 = every pair once per "
+                              "epoch). Fix: e.g. user_weight_power=0.5.")
+        self.user_weight_power = user_weight_power
         self._data: RecData | None = None
 
     @property
@@ -207,7 +216,12 @@ class InteractionDataModule(L.LightningDataModule):
         epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
         ds = PairDataset(self.data, self.max_history, self.seed)
         g = torch.Generator().manual_seed(self.seed)  # worker seeds: never the global RNG
-        return ResumableLoader(ds, batch_size=self.batch_size, sampler=EpochSampler(ds, self.seed, epoch),
+        weights = None
+        if self.user_weight_power > 0:  # (nnz,) n_u ** -beta for every pair of user u
+            n_u = np.diff(self.data.train.indptr).astype(np.float64)
+            weights = torch.from_numpy(n_u[ds.users] ** -self.user_weight_power)
+        sampler = EpochSampler(ds, self.seed, epoch, weights=weights)
+        return ResumableLoader(ds, batch_size=self.batch_size, sampler=sampler,
                                generator=g, collate_fn=_batch_identity, num_workers=self.num_workers,
                                persistent_workers=self.num_workers > 0)
 
