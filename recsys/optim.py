@@ -15,6 +15,14 @@ from collections.abc import MutableMapping
 import torch
 
 
+def _closure_loss(closure):
+    """The loss of ``closure`` (re-evaluated with gradients), or None: ``step(closure)``."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class _StateView(MutableMapping):
     """The inner optimizers' ``state`` dicts seen as one (writes go to the owner)."""
 
@@ -59,10 +67,7 @@ class MultiOptimizer(torch.optim.Optimizer):
         return _StateView(self.optimizers)
 
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for o in self.optimizers:
             o.step()
         return loss
@@ -98,10 +103,7 @@ class SparseAdam(torch.optim.SparseAdam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         fallback = []  # (group, param) pairs torch's kernel handles
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
@@ -192,10 +194,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, eps = float(group["lr"]), group["eps"]
             for p in group["params"]:
@@ -217,19 +216,14 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                         )
                     grad = grad.coalesce()  # duplicate ids summed
                     rows, g = grad._indices()[0], grad._values()  # (r,), (r, D)
-                else:
-                    rows, g = None, grad  # dense: every row
+                else:  # dense: every row
+                    rows, g = torch.arange(p.shape[0], device=p.device), grad
                 if g.numel() == 0:
                     continue
                 s = state["sum"]
                 g2 = g.reshape(g.shape[0], -1).pow(2).mean(1)  # (r,) row mean of g^2
-                if rows is None:
-                    s.add_(g2)
-                    std = s.sqrt().add_(eps)
-                    p.addcdiv_(g, std.view(-1, *([1] * (g.dim() - 1))), value=-lr)
-                else:
-                    s_rows = s.index_select(0, rows).add_(g2)  # (r,)
-                    s.index_copy_(0, rows, s_rows)
-                    std = s_rows.sqrt_().add_(eps).view(-1, *([1] * (g.dim() - 1)))
-                    p.index_add_(0, rows, g / std, alpha=-lr)
+                s_rows = s.index_select(0, rows).add_(g2)  # (r,)
+                s.index_copy_(0, rows, s_rows)
+                std = s_rows.sqrt_().add_(eps).view(-1, *([1] * (g.dim() - 1)))
+                p.index_add_(0, rows, g / std, alpha=-lr)
         return loss

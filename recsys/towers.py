@@ -95,7 +95,7 @@ class QueryTower(_Tower):
             )
         super().__init__(dim, use_id + use_bag + use_features, hidden, dropout, normalize, init_std,
                          item_bias)
-        self.bag_dropout, self.pad = bag_dropout, schema.bag_size
+        self.bag_dropout = bag_dropout
         self.user_emb = nn.Embedding(schema.n_users, dim, sparse=sparse) if use_id else None
         self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="mean", sparse=sparse,
                                         padding_idx=schema.bag_size) if use_bag else None)
@@ -121,7 +121,7 @@ class QueryTower(_Tower):
             bag = batch["bag"]  # (B, H), padded with bag_size
             if self.training and self.bag_dropout > 0:
                 drop = torch.rand(bag.shape, device=bag.device) < self.bag_dropout  # (B, H)
-                bag = bag.masked_fill(drop, self.pad)
+                bag = bag.masked_fill(drop, self.bag_emb.padding_idx)
             parts.append(self.bag_emb(bag))  # (B, D), mean over non-pad ids
         if self.feat_emb is not None:
             parts.append(self.feat_emb(batch["user_feats"] + self.feat_offsets).sum(1))  # (B, D)

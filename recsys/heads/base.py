@@ -67,6 +67,14 @@ class KnownPositives:
         """(B, N) CSR of the users' train items (for index search exclusion)."""
         return self.csr[users]
 
+    def pairs(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in the batch, item) int64 pairs (P,), (P,) of the users' train items, on
+        ``users``' device, rows ascending (multi-hot labels, softmax masks)."""
+        m = self.rows(users.cpu().numpy())  # (B, N) CSR
+        rows = torch.from_numpy(np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)))
+        cols = torch.from_numpy(m.indices.astype(np.int64))
+        return rows.to(users.device), cols.to(users.device)
+
 
 @dataclass
 class HeadOutput:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from recsys.heads.base import Head, HeadOutput
@@ -39,9 +38,7 @@ class FullSoftmax(Head):
 
     def known_mask(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, cols) of the batch users' train items other than each row's positive."""
-        m = self.known.rows(users.cpu().numpy())  # (B, N) CSR
-        rows = torch.from_numpy(np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))).to(users.device)
-        cols = torch.from_numpy(m.indices.astype(np.int64)).to(users.device)
+        rows, cols = self.known.pairs(users)  # (P,), (P,)
         keep = cols != items[rows]  # the positive itself stays in the softmax
         return rows[keep], cols[keep]
 

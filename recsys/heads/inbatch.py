@@ -104,7 +104,7 @@ class InBatchSoftmax(Head):
             log_b = math.log(B) + self.log_p.to(ids.device)[ids]  # log(B p_j)
         if self.num_uniform:
             log_b = torch.logaddexp(log_b, torch.full_like(log_b, math.log(self.num_uniform / self.n_items)))
-        return log_b if self.logq_weight == 1.0 else self.logq_weight * log_b
+        return self.logq_weight * log_b  # w = 1: exactly log_b
 
     def candidates(self, q, users, items, item_tower):
         """(pos (B,), neg (B, C), log_q_pos, log_q_neg, hits (B, C), own (B, C)) for in-batch

@@ -62,9 +62,7 @@ class MultiLabelSigmoid(Head):
 
     def _full(self, qs, users, item_tower, T) -> HeadOutput:
         v_all = item_tower.all()  # (N, D)
-        rows = self.known.rows(users.cpu().numpy())  # (B, N) CSR of multi-hot labels
-        r = torch.from_numpy(np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr)))
-        j = torch.from_numpy(rows.indices.astype(np.int64))
+        r, j = self.known.pairs(users.cpu())  # (P,), (P,) multi-hot labels
         ones = torch.ones(len(j), dtype=v_all.dtype)
         Y = torch.sparse_coo_tensor(torch.stack([r, j]), ones, (len(users), v_all.shape[0]),
                                     is_coalesced=True, check_invariants=False).to(qs.device)  # (B, N) labels
