@@ -89,6 +89,6 @@ def evaluate_model(model, datamodule, split: str = "test", ks=(10, 20), index: s
     was = model.training
     model.eval()
     users, xq = embed_queries(model.query_tower, datamodule.eval_dataloader(split))
-    xb = model.item_tower.embed_all().float().cpu().numpy()
+    xb = model.item_embeddings().float().cpu().numpy()
     model.train(was)
     return score(xq, users, xb, datamodule.data, split, tuple(ks), index, index_params)

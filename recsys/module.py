@@ -79,6 +79,18 @@ class TwoTowerModule(L.LightningModule):
             with ``gamma: 0.7``; its state is checkpointed by Lightning.
         eval_ks: cut-offs of the validation / test metrics.
         eval_index: retriever for validation / test (``exact`` by default).
+        prior_grid: popularity prior at retrieval (off when None). Retrieval ranks by
+            ``logit_j + w * log p_j``, p_j the item's add-one smoothed train frequency: the
+            model's distribution tilted by p_j^w. Training is unchanged; each validation
+            scores every w of the grid, keeps the best validation NDCG@k (smallest k) and
+            stores it in the checkpoint (``prior_weight``), which test, ``evaluate``,
+            ``export`` and ``recommend`` then use. This is the logit adjustment of Menon et
+            al. (ICLR 2021, "Long-tail learning via logit adjustment") with the sign for
+            top-k accuracy rather than balanced error: softmax training (and the logQ
+            correction of sampled / in-batch heads, Yi et al. 2019) fits p(item | user),
+            while top-k metrics reward popular items more than likelihood does. Needs
+            ``item_bias`` on both towers (w * T * log p_j is added to the bias coordinate,
+            so FAISS serves it unchanged). Costs len(grid) validation scorings per epoch.
     """
 
     def __init__(
@@ -92,6 +104,7 @@ class TwoTowerModule(L.LightningModule):
         lr_scheduler: SchedulerCallable | None = None,
         eval_ks: list[int] | None = None,
         eval_index: str = "exact",
+        prior_grid: list[float] | None = None,
     ):
         super().__init__()
         if schema is None:
@@ -121,6 +134,17 @@ class TwoTowerModule(L.LightningModule):
                 f"N={schema.n_items}. Fix: choose k <= {schema.n_items}."
             )
         self.eval_index = eval_index
+        self.prior_grid = None if prior_grid is None else sorted(float(w) for w in prior_grid)
+        if self.prior_grid is not None:
+            if not self.prior_grid or not it.item_bias:
+                raise ConfigError(
+                    f"prior_grid={prior_grid} with item_bias={it.item_bias}: the popularity prior needs "
+                    "a non-empty grid of weights and item_bias: true on both towers (it is added to "
+                    "the bias coordinate). Fix: e.g. prior_grid: [0, 0.1, 0.2, 0.3] and item_bias: true, "
+                    "or prior_grid: null."
+                )
+            self.register_buffer("prior_weight", torch.zeros(()))  # chosen on validation
+            self.register_buffer("log_prior", torch.zeros(schema.n_items))  # (N,) log p_j, set by bind
         self.recsys_config: str | None = None  # resolved YAML, set by the CLI
         self._eval_buf: list = []
         self._bound = False
@@ -131,6 +155,9 @@ class TwoTowerModule(L.LightningModule):
         if not self._bound:
             self.head.bind(self.schema, KnownPositives(data.train))
             self.head.to(self.device)
+            if self.prior_grid is not None:
+                c = torch.as_tensor(data.item_counts(), dtype=torch.float64) + 1.0  # (N,) add-one
+                self.log_prior.copy_((c / c.sum()).log())
             self._bound = True
 
     def setup(self, stage: str) -> None:
@@ -185,6 +212,22 @@ class TwoTowerModule(L.LightningModule):
         return out.loss
 
     # ---- evaluation ------------------------------------------------------------------
+    @torch.no_grad()
+    def item_embeddings(self, prior_weight: float | None = None) -> torch.Tensor:
+        """(N, D) catalogue embeddings for retrieval (evaluation, export, recommend).
+
+        The item tower's output, with ``prior_weight`` (default: the stored one) times
+        T * log p_j added to the bias coordinate when ``prior_grid`` is set. Training and
+        hard-negative mining use the item tower directly, without the prior.
+        """
+        xb = self.item_tower.embed_all()  # (N, D)
+        if self.prior_grid is None:
+            return xb
+        w = float(self.prior_weight) if prior_weight is None else float(prior_weight)
+        xb = xb.clone()
+        xb[:, -1] += w * float(self.head.temperature()) * self.log_prior.to(xb)
+        return xb
+
     def on_validation_epoch_start(self) -> None:
         self._eval_buf = []
 
@@ -210,12 +253,23 @@ class TwoTowerModule(L.LightningModule):
             users = self.all_gather(users).reshape(-1)
             xq = self.all_gather(xq).reshape(-1, xq.shape[-1])
         users_np, first = np.unique(users.cpu().numpy(), return_index=True)
-        xb = self.item_tower.embed_all().float().cpu().numpy()
-        res = score(xq.cpu().numpy()[first], users_np, xb, self.trainer.datamodule.data,
-                    split, tuple(self.eval_ks), self.eval_index)
+        xq_np = xq.cpu().numpy()[first]
+        main = f"{prefix}/ndcg@{min(self.eval_ks)}"
+
+        def run(w: float | None):
+            xb = self.item_embeddings(w).float().cpu().numpy()
+            return score(xq_np, users_np, xb, self.trainer.datamodule.data, split,
+                         tuple(self.eval_ks), self.eval_index)
+
+        if split == "valid" and self.prior_grid is not None:  # choose the prior on validation
+            runs = [(w, run(w)) for w in self.prior_grid]
+            w, res = max(runs, key=lambda r: r[1].metrics[f"ndcg@{min(self.eval_ks)}"])  # first of ties
+            self.prior_weight.fill_(w)
+            self.log(f"{prefix}/prior_weight", w, sync_dist=True)
+        else:
+            res = run(None)
         vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
                 if isinstance(v, float) and math.isfinite(v)}
-        main = f"{prefix}/ndcg@{min(self.eval_ks)}"
         self.log(main, vals.pop(main), prog_bar=True, sync_dist=True)  # equal on every rank already
         self.log_dict(vals, sync_dist=True)
         self.last_eval = res.metrics

@@ -117,7 +117,7 @@ class Recommender:
 
         model, dm, _ = load_checkpoint(path, data_root)
         d = dm.data
-        xb = model.item_tower.embed_all().float().cpu().numpy()
+        xb = model.item_embeddings().float().cpu().numpy()
 
         def embed_user(u: int) -> np.ndarray:
             return embed_users(model.query_tower, d, np.array([u]), dm.max_history)[0]
@@ -212,7 +212,7 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
     try:
         d = dm.data
         t = time.perf_counter()
-        xb = np.ascontiguousarray(model.item_tower.embed_all().float().cpu().numpy())  # (N, D)
+        xb = np.ascontiguousarray(model.item_embeddings().float().cpu().numpy())  # (N, D)
         xu = embed_users(model.query_tower, d, np.arange(d.n_users), dm.max_history, dm.eval_batch_size)
         np.save(tmp / "item_embeddings.npy", xb)
         np.save(tmp / "user_embeddings.npy", xu)
@@ -234,6 +234,7 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
             "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(meta.path),
             "dataset": meta.dataset, "n_users": int(d.n_users), "n_items": int(d.n_items), "dim": int(xb.shape[1]),
             "index": {"name": name, "params": index_params or {}}, "score": "inner product",
+            "prior_weight": float(getattr(model, "prior_weight", 0.0)),
             "metrics": metrics or {}, "config": meta.config, "versions": _versions(), "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -213,7 +213,9 @@ def train_head(cfg_path: Path, extra: list[str], ks_req: list[int]) -> tuple[dic
         res = {s: evaluate_model(cli.model, cli.datamodule, s, ks).metrics for s in ("test", "valid")}
     score = ck.best_model_score if ck is not None else None
     rec = {"train_seconds": secs, "epochs": int(cli.trainer.current_epoch), "best_epoch": best_epoch,
-           "checkpoint": best or None, "best_val_ndcg@10": None if score is None else float(score),
+           "checkpoint": best or None,
+           "prior_weight": float(getattr(cli.model, "prior_weight", 0.0)),
+           "best_val_ndcg@10": None if score is None else float(score),
            **mem.as_dict(), **res}
     return rec, cli.datamodule.data
 
