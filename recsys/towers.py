@@ -76,6 +76,13 @@ class QueryTower(_Tower):
             Collaborative Filtering", where 0.5 works best on MovieLens). It regularises
             the bag towards predicting any held-out item from part of the history;
             evaluation always pools the whole bag.
+        bag_weights: pool the bag with a learned weight per id, sum_h exp(a_h) e_h /
+            sum_h exp(a_h) (a_h zero-initialised, so training starts from the plain mean):
+            the model can learn how telling each history item is, e.g. that a blockbuster
+            says less about a user than a niche film (IDF). A query-independent form of the
+            item-attention pooling of NAIS (He et al., TKDE 2018, "NAIS: Neural Attentive
+            Item Similarity Model"), whose weights also depend on the candidate and so do
+            not fit one inner product.
         normalize: L2-normalise the output (pair with a small temperature).
         sparse: sparse gradients for the id tables.
         init_std: std of the normal init of the id tables.
@@ -85,8 +92,8 @@ class QueryTower(_Tower):
 
     def __init__(self, schema: Schema, dim: int = 64, use_id: bool = True, use_bag: bool = True,
                  use_features: bool = True, hidden: list[int] | None = None, dropout: float = 0.0,
-                 bag_dropout: float = 0.0, normalize: bool = False, sparse: bool = True,
-                 init_std: float = 0.05, item_bias: bool = False):
+                 bag_dropout: float = 0.0, bag_weights: bool = False, normalize: bool = False,
+                 sparse: bool = True, init_std: float = 0.05, item_bias: bool = False):
         use_features = use_features and bool(schema.user_feature_cards)
         if not 0.0 <= bag_dropout < 1.0:
             raise ConfigError(
@@ -97,14 +104,18 @@ class QueryTower(_Tower):
                          item_bias)
         self.bag_dropout = bag_dropout
         self.user_emb = nn.Embedding(schema.n_users, dim, sparse=sparse) if use_id else None
-        self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="mean", sparse=sparse,
-                                        padding_idx=schema.bag_size) if use_bag else None)
+        self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="sum" if bag_weights else "mean",
+                                        sparse=sparse, padding_idx=schema.bag_size) if use_bag else None)
+        self.bag_logw = (nn.Embedding(schema.bag_size + 1, 1, sparse=sparse, padding_idx=schema.bag_size)
+                         if use_bag and bag_weights else None)
         self.feat_emb = None
         if use_features:
             cards = torch.tensor([0] + list(schema.user_feature_cards))
             self.register_buffer("feat_offsets", torch.cumsum(cards, 0)[:-1], persistent=False)
             self.feat_emb = nn.Embedding(int(cards.sum()), dim, sparse=sparse)
         self._init(self)
+        if self.bag_logw is not None:
+            nn.init.zeros_(self.bag_logw.weight)  # every weight exp(0) = 1: the plain mean
 
     def forward(self, batch: dict) -> torch.Tensor:
         """``batch``: user (B,), bag (B, H) padded with bag_size, user_feats (B, K)."""
@@ -122,7 +133,12 @@ class QueryTower(_Tower):
             if self.training and self.bag_dropout > 0:
                 drop = torch.rand(bag.shape, device=bag.device) < self.bag_dropout  # (B, H)
                 bag = bag.masked_fill(drop, self.bag_emb.padding_idx)
-            parts.append(self.bag_emb(bag))  # (B, D), mean over non-pad ids
+            if self.bag_logw is None:
+                parts.append(self.bag_emb(bag))  # (B, D), mean over non-pad ids
+            else:
+                w = self.bag_logw(bag).squeeze(-1).exp() * (bag != self.bag_emb.padding_idx)  # (B, H)
+                pooled = self.bag_emb(bag, per_sample_weights=w)  # (B, D), sum_h w_h e_h
+                parts.append(pooled / w.sum(1, keepdim=True).clamp_min(1e-12))  # weighted mean
         if self.feat_emb is not None:
             parts.append(self.feat_emb(batch["user_feats"] + self.feat_offsets).sum(1))  # (B, D)
         x = self.combine(parts)  # (B, D)

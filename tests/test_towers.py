@@ -181,3 +181,24 @@ def test_item_bias_on_one_tower_only_is_a_config_error():
     with pytest.raises(ConfigError, match="item_bias=True.*item_bias=False.*Fix:"):
         TwoTowerModule(schema=schema(), query_tower=partial(QueryTower, dim=4, item_bias=True),
                        item_tower=partial(ItemTower, dim=4), eval_ks=[5])
+
+
+def test_bag_weights_start_as_the_mean_and_reweight_the_pool():
+    from recsys.data.datamodule import Schema
+    from recsys.towers import QueryTower
+
+    s = Schema(n_users=3, n_items=6, bag_size=6)
+    plain = QueryTower(s, dim=4, use_id=False, sparse=False)
+    weighted = QueryTower(s, dim=4, use_id=False, sparse=False, bag_weights=True)
+    weighted.bag_emb.weight.data.copy_(plain.bag_emb.weight.data)
+    batch = {"user": torch.tensor([0, 1]), "bag": torch.tensor([[0, 1, 6], [2, 3, 4]])}  # 6 = padding
+    torch.testing.assert_close(weighted(batch), plain(batch))  # zero log-weights: the plain mean
+    with torch.no_grad():
+        weighted.bag_logw.weight[1] = 2.0  # id 1 counts e^2 times as much as id 0
+    E = plain.bag_emb.weight.data
+    w = torch.tensor([0.0, 2.0]).exp()  # log-weights of ids 0 and 1
+    torch.testing.assert_close(weighted(batch)[0], (w[0] * E[0] + w[1] * E[1]) / w.sum())
+    torch.testing.assert_close(weighted(batch)[1], plain(batch)[1])  # a bag without id 1 is unchanged
+    weighted(batch).sum().backward()
+    assert weighted.bag_logw.weight.grad[6].abs().sum() == 0  # padding gets no weight and no gradient
+    assert weighted.bag_logw.weight.grad[1].abs().sum() > 0
