@@ -75,7 +75,7 @@ def test_compare_end_to_end(tmp_path, capsys):
     composed = yaml.safe_load((out / "configs" / "full_seed1.yaml").read_text())
     assert composed["seed_everything"] == 1 and composed["model"]["head"] == FULL["model"]["head"]
     md = (out / "results.md").read_text()
-    assert "| model | recall@10 | ndcg@10 | recall@20 | ndcg@20 | train s | epochs | peak RSS MB |" in md
+    assert "| model | recall@10 | ndcg@10 | recall@20 | ndcg@20 | train s | epochs | peak RSS MB | prior w |" in md
     assert all(f"| {m} |" in md and f"| {m} |" in printed for m in agg)
     for png in ("recall_at_k.png", "ndcg10_vs_time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -214,7 +214,7 @@ def train_head(cfg_path: Path, extra: list[str], ks_req: list[int]) -> tuple[dic
     score = ck.best_model_score if ck is not None else None
     rec = {"train_seconds": secs, "epochs": int(cli.trainer.current_epoch), "best_epoch": best_epoch,
            "checkpoint": best or None,
-           "prior_weight": float(getattr(cli.model, "prior_weight", 0.0)),
+           "prior_weight": float(cli.model.prior_weight) if cli.model.prior_grid is not None else None,
            "best_val_ndcg@10": None if score is None else float(score),
            **mem.as_dict(), **res}
     return rec, cli.datamodule.data
@@ -250,7 +250,8 @@ def aggregate(runs: list[dict]) -> dict:
         agg = {"kind": rs[0]["kind"], "seeds": [r["seed"] for r in rs]}
         for split in ("test", "valid"):
             agg[split] = {k: s for k in rs[0][split] if (s := _stat([r[split].get(k) for r in rs]))}
-        for k in ("train_seconds", "epochs", "peak_rss_mb", "ru_maxrss_mb", "gpu_peak_mb", "best_val_ndcg@10"):
+        for k in ("train_seconds", "epochs", "peak_rss_mb", "ru_maxrss_mb", "gpu_peak_mb", "best_val_ndcg@10",
+                  "prior_weight"):
             if (s := _stat([r.get(k) for r in rs])) is not None:
                 agg[k] = s
         out[model] = agg
@@ -258,16 +259,20 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def markdown_table(agg: dict) -> str:
-    """model | R@10 | N@10 | R@20 | N@20 (mean±std over seeds) | train s | epochs | peak MB."""
-    head = "| model | " + " | ".join(TABLE) + " | train s | epochs | peak RSS MB |"
-    lines = [head, "|---" * (len(TABLE) + 4) + "|"]
+    """model | R@10 | N@10 | R@20 | N@20 (mean±std over seeds) | train s | epochs | peak MB | prior w.
+
+    ``prior w``: the popularity-prior weight chosen on validation (``prior_grid``), mean over seeds.
+    """
+    head = "| model | " + " | ".join(TABLE) + " | train s | epochs | peak RSS MB | prior w |"
+    lines = [head, "|---" * (len(TABLE) + 5) + "|"]
     for model, a in agg.items():
         cells = [f"{a['test'][m]['mean']:.4f} ± {a['test'][m]['std']:.4f}" if m in a["test"] else "-" for m in TABLE]
         t = a.get("train_seconds")
         ep = a.get("epochs")
         mb = a.get("peak_rss_mb")
+        pw = a.get("prior_weight")
         cells += [f"{t['mean']:.1f} ± {t['std']:.1f}" if t else "-", f"{ep['mean']:.1f}" if ep else "-",
-                  f"{mb['mean']:.0f}" if mb else "-"]
+                  f"{mb['mean']:.0f}" if mb else "-", f"{pw['mean']:.2g}" if pw else "-"]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
