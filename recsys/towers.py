@@ -30,7 +30,7 @@ class _Tower(nn.Module):
     """Shared combine step: sum the parts, or concatenate them through an MLP."""
 
     def __init__(self, dim: int, n_parts: int, hidden: list[int] | None, dropout: float,
-                 normalize: bool, init_std: float, item_bias: bool = False):
+                 normalize: bool, init_std: float, item_bias: bool = False, residual: bool = False):
         super().__init__()
         if dim < 1 or n_parts < 1:
             raise ConfigError(
@@ -41,6 +41,10 @@ class _Tower(nn.Module):
         self.item_bias = item_bias
         self.out_dim = dim + int(item_bias)  # the width of the score's inner product
         self.mlp = _mlp(dim * n_parts, list(hidden), dim, dropout) if hidden else None
+        self.residual = residual and self.mlp is not None
+        if self.residual:  # the MLP starts as a zero correction of the summed parts
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     def _init(self, m: nn.Module) -> None:
         for mod in m.modules():
@@ -51,9 +55,12 @@ class _Tower(nn.Module):
                         mod.weight[mod.padding_idx].zero_()
 
     def combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.cat(parts, dim=-1) if self.mlp is not None else torch.stack(parts).sum(0)
-        if self.mlp is not None:
-            x = self.mlp(x)  # (B, D)
+        if self.mlp is None:
+            x = torch.stack(parts).sum(0)  # (B, D)
+        elif self.residual:
+            x = torch.stack(parts).sum(0) + self.mlp(torch.cat(parts, dim=-1))  # (B, D)
+        else:
+            x = self.mlp(torch.cat(parts, dim=-1))  # (B, D)
         return F.normalize(x, dim=-1) if self.normalize else x
 
 
@@ -69,6 +76,9 @@ class QueryTower(_Tower):
         use_features: embed categorical user features (one table per field, summed).
         hidden: MLP widths (empty: parts summed, no MLP).
         dropout: MLP dropout.
+        residual: with ``hidden``, add the MLP's output to the summed parts instead of
+            replacing them (last layer zero-initialised, so training starts from the
+            linear tower; He et al., CVPR 2016, "Deep Residual Learning").
         bag_dropout: in training, each bag id is dropped (turned into padding) with this
             probability before pooling: the input corruption of denoising autoencoders for
             collaborative filtering (Wu et al., WSDM 2016, "Collaborative Denoising
@@ -92,8 +102,9 @@ class QueryTower(_Tower):
 
     def __init__(self, schema: Schema, dim: int = 64, use_id: bool = True, use_bag: bool = True,
                  use_features: bool = True, hidden: list[int] | None = None, dropout: float = 0.0,
-                 bag_dropout: float = 0.0, bag_weights: bool = False, normalize: bool = False,
-                 sparse: bool = True, init_std: float = 0.05, item_bias: bool = False):
+                 residual: bool = False, bag_dropout: float = 0.0, bag_weights: bool = False,
+                 normalize: bool = False, sparse: bool = True, init_std: float = 0.05,
+                 item_bias: bool = False):
         use_features = use_features and bool(schema.user_feature_cards)
         if not 0.0 <= bag_dropout < 1.0:
             raise ConfigError(
@@ -101,7 +112,7 @@ class QueryTower(_Tower):
                 "ids dropped in training). Fix: e.g. bag_dropout=0.5, or 0 to turn it off."
             )
         super().__init__(dim, use_id + use_bag + use_features, hidden, dropout, normalize, init_std,
-                         item_bias)
+                         item_bias, residual)
         self.bag_dropout = bag_dropout
         self.user_emb = nn.Embedding(schema.n_users, dim, sparse=sparse) if use_id else None
         self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="sum" if bag_weights else "mean",

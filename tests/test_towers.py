@@ -202,3 +202,21 @@ def test_bag_weights_start_as_the_mean_and_reweight_the_pool():
     weighted(batch).sum().backward()
     assert weighted.bag_logw.weight.grad[6].abs().sum() == 0  # padding gets no weight and no gradient
     assert weighted.bag_logw.weight.grad[1].abs().sum() > 0
+
+
+def test_residual_mlp_starts_as_the_linear_tower_and_then_adds_to_it():
+    from recsys.data.datamodule import Schema
+    from recsys.towers import QueryTower
+
+    s = Schema(n_users=3, n_items=6, bag_size=6)
+    linear = QueryTower(s, dim=4, sparse=False)
+    res = QueryTower(s, dim=4, sparse=False, hidden=[8], residual=True)
+    res.load_state_dict(linear.state_dict(), strict=False)  # same id / bag tables
+    batch = {"user": torch.tensor([0, 1]), "bag": torch.tensor([[0, 1, 6], [2, 3, 4]])}
+    torch.testing.assert_close(res(batch), linear(batch))  # zero last layer: the summed parts
+    with torch.no_grad():
+        res.mlp[-1].bias.fill_(0.5)
+    torch.testing.assert_close(res(batch), linear(batch) + 0.5)  # the MLP adds to the parts
+    plain = QueryTower(s, dim=4, sparse=False, hidden=[8])
+    plain.load_state_dict(linear.state_dict(), strict=False)
+    assert not torch.allclose(plain(batch), linear(batch))  # without residual the MLP replaces them
