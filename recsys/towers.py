@@ -30,7 +30,8 @@ class _Tower(nn.Module):
     """Shared combine step: sum the parts, or concatenate them through an MLP."""
 
     def __init__(self, dim: int, n_parts: int, hidden: list[int] | None, dropout: float,
-                 normalize: bool, init_std: float, item_bias: bool = False, residual: bool = False):
+                 normalize: bool, init_std: float, item_bias: bool = False, residual: bool = False,
+                 part_norm: bool = False):
         super().__init__()
         if dim < 1 or n_parts < 1:
             raise ConfigError(
@@ -42,6 +43,8 @@ class _Tower(nn.Module):
         self.out_dim = dim + int(item_bias)  # the width of the score's inner product
         self.mlp = _mlp(dim * n_parts, list(hidden), dim, dropout) if hidden else None
         self.residual = residual and self.mlp is not None
+        # part_norm: unit-norm parts times a learned scale each (init 1)
+        self.part_scale = nn.Parameter(torch.ones(n_parts)) if part_norm else None
         if self.residual:  # the MLP starts as a zero correction of the summed parts
             nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
@@ -55,6 +58,8 @@ class _Tower(nn.Module):
                         mod.weight[mod.padding_idx].zero_()
 
     def combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if self.part_scale is not None:
+            parts = [F.normalize(p, dim=-1) * self.part_scale[i] for i, p in enumerate(parts)]  # (B, D) each
         if self.mlp is None:
             x = torch.stack(parts).sum(0)  # (B, D)
         elif self.residual:
@@ -76,6 +81,11 @@ class QueryTower(_Tower):
         use_features: embed categorical user features (one table per field, summed).
         hidden: MLP widths (empty: parts summed, no MLP).
         dropout: MLP dropout.
+        part_norm: L2-normalise each input part (id, bag, features) and multiply it by a
+            learned scale (initially 1) before combining them. Summed raw parts are not on
+            one scale: a mean-pooled bag of H random vectors has about 1/sqrt(H) of the norm
+            of an id or feature embedding, so at the start the bag (the strongest signal)
+            is drowned by the others.
         residual: with ``hidden``, add the MLP's output to the summed parts instead of
             replacing them (last layer zero-initialised, so training starts from the
             linear tower; He et al., CVPR 2016, "Deep Residual Learning").
@@ -102,9 +112,9 @@ class QueryTower(_Tower):
 
     def __init__(self, schema: Schema, dim: int = 64, use_id: bool = True, use_bag: bool = True,
                  use_features: bool = True, hidden: list[int] | None = None, dropout: float = 0.0,
-                 residual: bool = False, bag_dropout: float = 0.0, bag_weights: bool = False,
-                 normalize: bool = False, sparse: bool = True, init_std: float = 0.05,
-                 item_bias: bool = False):
+                 residual: bool = False, part_norm: bool = False, bag_dropout: float = 0.0,
+                 bag_weights: bool = False, normalize: bool = False, sparse: bool = True,
+                 init_std: float = 0.05, item_bias: bool = False):
         use_features = use_features and bool(schema.user_feature_cards)
         if not 0.0 <= bag_dropout < 1.0:
             raise ConfigError(
@@ -112,7 +122,7 @@ class QueryTower(_Tower):
                 "ids dropped in training). Fix: e.g. bag_dropout=0.5, or 0 to turn it off."
             )
         super().__init__(dim, use_id + use_bag + use_features, hidden, dropout, normalize, init_std,
-                         item_bias, residual)
+                         item_bias, residual, part_norm)
         self.bag_dropout = bag_dropout
         self.user_emb = nn.Embedding(schema.n_users, dim, sparse=sparse) if use_id else None
         self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="sum" if bag_weights else "mean",
@@ -163,7 +173,7 @@ class ItemTower(_Tower):
 
     Args:
         schema: data sizes and the (N, Gmax) item feature index.
-        dim, hidden, dropout, normalize, sparse, init_std: as for ``QueryTower``.
+        dim, hidden, dropout, part_norm, normalize, sparse, init_std: as for ``QueryTower``.
         use_features: embed the item's categorical features (if the data has them).
         item_bias: append a learned per-item bias b_j (zero-initialised) to the output
             (D + 1), so that the score is q . v_j + b_j, still one inner product (FAISS and
@@ -173,10 +183,12 @@ class ItemTower(_Tower):
     """
 
     def __init__(self, schema: Schema, dim: int = 64, use_features: bool = True,
-                 hidden: list[int] | None = None, dropout: float = 0.0, normalize: bool = False,
-                 sparse: bool = True, init_std: float = 0.05, item_bias: bool = False):
+                 hidden: list[int] | None = None, dropout: float = 0.0, part_norm: bool = False,
+                 normalize: bool = False, sparse: bool = True, init_std: float = 0.05,
+                 item_bias: bool = False):
         use_features = use_features and schema.item_feature_index is not None
-        super().__init__(dim, 1 + use_features, hidden, dropout, normalize, init_std, item_bias)
+        super().__init__(dim, 1 + use_features, hidden, dropout, normalize, init_std, item_bias,
+                         part_norm=part_norm)
         self.n_items = schema.n_items
         self.item_emb = nn.Embedding(schema.n_items, dim, sparse=sparse)
         self.feat_emb = None

@@ -220,3 +220,22 @@ def test_residual_mlp_starts_as_the_linear_tower_and_then_adds_to_it():
     plain = QueryTower(s, dim=4, sparse=False, hidden=[8])
     plain.load_state_dict(linear.state_dict(), strict=False)
     assert not torch.allclose(plain(batch), linear(batch))  # without residual the MLP replaces them
+
+
+def test_part_norm_puts_every_part_on_one_scale():
+    import torch.nn.functional as F
+
+    from recsys.data.datamodule import Schema
+    from recsys.towers import QueryTower
+
+    s = Schema(n_users=3, n_items=6, bag_size=6)
+    raw = QueryTower(s, dim=4, sparse=False)
+    bal = QueryTower(s, dim=4, sparse=False, part_norm=True)
+    bal.load_state_dict(raw.state_dict(), strict=False)
+    batch = {"user": torch.tensor([0, 1]), "bag": torch.tensor([[0, 1, 6], [2, 3, 4]])}
+    u, b = raw.user_emb(batch["user"]), raw.bag_emb(batch["bag"])
+    torch.testing.assert_close(raw(batch), u + b)
+    torch.testing.assert_close(bal(batch), F.normalize(u, dim=-1) + F.normalize(b, dim=-1))
+    with torch.no_grad():
+        bal.part_scale[0] = 0.0  # the learned scale can switch the id part off
+    torch.testing.assert_close(bal(batch), F.normalize(b, dim=-1))
