@@ -30,16 +30,22 @@ TINY = {"n_users": 300, "n_items": 120, "n_clusters": 4, "interactions_per_user"
 def run(tmp_path_factory) -> Path:
     """Run folder of a 2-epoch fit on tiny synthetic data (checkpoints/best-*.ckpt, last.ckpt)."""
     root = tmp_path_factory.mktemp("fit")
+    return fit_tiny(root, 2, {
+        "query_tower": {"class_path": "recsys.towers.QueryTower", "init_args": {"dim": 16}},
+        "item_tower": {"class_path": "recsys.towers.ItemTower", "init_args": {"dim": 16}},
+        "head": {"class_path": "recsys.heads.InBatchSoftmax", "init_args": {"logq": "static"}}})
+
+
+def fit_tiny(root: Path, max_epochs: int, model: dict) -> Path:
+    """``recsys fit`` of ``model`` (the YAML ``model`` block) on TINY synthetic data; its run folder."""
     cfg = {
         "seed_everything": 0,
-        "trainer": {"max_epochs": 2, "accelerator": "cpu", "enable_model_summary": False,
+        "trainer": {"max_epochs": max_epochs, "accelerator": "cpu", "enable_model_summary": False,
                     "enable_progress_bar": False, "default_root_dir": str(root),
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(root), "name": "recsys"}}},
         "data": {"dataset": "synthetic", "batch_size": 256, "max_history": 10, "synthetic": TINY},
-        "model": {"query_tower": {"class_path": "recsys.towers.QueryTower", "init_args": {"dim": 16}},
-                  "item_tower": {"class_path": "recsys.towers.ItemTower", "init_args": {"dim": 16}},
-                  "head": {"class_path": "recsys.heads.InBatchSoftmax", "init_args": {"logq": "static"}}},
+        "model": model,
     }
     (root / "fit.yaml").write_text(yaml.safe_dump(cfg))
     recsys_main(["fit", "--config", str(root / "fit.yaml")])
@@ -296,23 +302,14 @@ def test_export_refuses_overwrite_and_is_atomic(last, tmp_path, monkeypatch):
 
 def test_popularity_prior_is_served_by_evaluate_export_and_recommend(tmp_path):
     """A one-weight prior_grid fixes w = 1: every retrieval path ranks by logit + log p_j."""
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_model_summary": False,
-                    "enable_progress_bar": False, "default_root_dir": str(tmp_path),
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path), "name": "recsys"}}},
-        "data": {"dataset": "synthetic", "batch_size": 256, "max_history": 10, "synthetic": TINY},
-        "model": {"query_tower": {"class_path": "recsys.towers.QueryTower",
-                                  "init_args": {"dim": 8, "normalize": True, "item_bias": True}},
-                  "item_tower": {"class_path": "recsys.towers.ItemTower",
-                                 "init_args": {"dim": 8, "normalize": True, "item_bias": True}},
-                  "prior_grid": [1.0],
-                  "head": {"class_path": "recsys.heads.InBatchSoftmax", "init_args": {"temperature": 0.5}}},
-    }
-    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(cfg))
-    recsys_main(["fit", "--config", str(tmp_path / "fit.yaml")])
-    ckpt = tmp_path / "recsys" / "version_0" / "checkpoints" / "last.ckpt"
+    run = fit_tiny(tmp_path, 1, {
+        "query_tower": {"class_path": "recsys.towers.QueryTower",
+                        "init_args": {"dim": 8, "normalize": True, "item_bias": True}},
+        "item_tower": {"class_path": "recsys.towers.ItemTower",
+                       "init_args": {"dim": 8, "normalize": True, "item_bias": True}},
+        "prior_grid": [1.0],
+        "head": {"class_path": "recsys.heads.InBatchSoftmax", "init_args": {"temperature": 0.5}}})
+    ckpt = run / "checkpoints" / "last.ckpt"
     model, dm, _ = load_checkpoint(ckpt)
     assert float(model.prior_weight) == 1.0
     c = dm.data.item_counts() + 1.0
