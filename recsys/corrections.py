@@ -11,9 +11,20 @@ each can be tested on a hand-worked example. Column 0 of the result is the posit
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
+
+
+def log_frequency(counts: np.ndarray) -> np.ndarray:
+    """(N,) float64 log p_j of add-one smoothed item counts (N,): log((c_j + 1) / sum(c + 1)).
+
+    The in-batch head's static log Q and the retrieval-time popularity prior
+    (``TwoTowerModule(prior_grid=...)``); the +1 keeps unseen items finite.
+    """
+    c = np.asarray(counts, dtype=np.float64) + 1.0
+    return np.log(c / c.sum())
 
 
 def scale(logits: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.corrections import log_frequency
 from recsys.data.datamodule import Schema
 from recsys.errors import ConfigError, RecsysError
 from recsys.evaluation import score
@@ -156,8 +157,7 @@ class TwoTowerModule(L.LightningModule):
             self.head.bind(self.schema, KnownPositives(data.train))
             self.head.to(self.device)
             if self.prior_grid is not None:
-                c = torch.as_tensor(data.item_counts(), dtype=torch.float64) + 1.0  # (N,) add-one
-                self.log_prior.copy_((c / c.sum()).log())
+                self.log_prior.copy_(torch.from_numpy(log_frequency(data.item_counts())))  # (N,)
             self._bound = True
 
     def setup(self, stage: str) -> None:
@@ -212,6 +212,11 @@ class TwoTowerModule(L.LightningModule):
         return out.loss
 
     # ---- evaluation ------------------------------------------------------------------
+    @property
+    def served_prior_weight(self) -> float | None:
+        """The popularity-prior weight retrieval uses (chosen on validation), None without ``prior_grid``."""
+        return None if self.prior_grid is None else float(self.prior_weight)
+
     @torch.no_grad()
     def item_embeddings(self, prior_weight: float | None = None) -> torch.Tensor:
         """(N, D) catalogue embeddings for retrieval (evaluation, export, recommend).
@@ -220,10 +225,13 @@ class TwoTowerModule(L.LightningModule):
         T * log p_j added to the bias coordinate when ``prior_grid`` is set. Training and
         hard-negative mining use the item tower directly, without the prior.
         """
-        xb = self.item_tower.embed_all()  # (N, D)
-        if self.prior_grid is None:
+        w = self.served_prior_weight if prior_weight is None else prior_weight
+        return self._with_prior(self.item_tower.embed_all(), w)
+
+    def _with_prior(self, xb: torch.Tensor, w: float | None) -> torch.Tensor:
+        """``xb`` (N, D) with w * T * log p_j added to its last (bias) coordinate (a copy)."""
+        if not w or self.prior_grid is None:
             return xb
-        w = float(self.prior_weight) if prior_weight is None else float(prior_weight)
         xb = xb.clone()
         xb[:, -1] += w * float(self.head.temperature()) * self.log_prior.to(xb)
         return xb
@@ -254,20 +262,21 @@ class TwoTowerModule(L.LightningModule):
             xq = self.all_gather(xq).reshape(-1, xq.shape[-1])
         users_np, first = np.unique(users.cpu().numpy(), return_index=True)
         xq_np = xq.cpu().numpy()[first]
-        main = f"{prefix}/ndcg@{min(self.eval_ks)}"
+        xb = self.item_tower.embed_all()  # (N, D), once for every prior weight
+        key = f"ndcg@{min(self.eval_ks)}"
 
         def run(w: float | None):
-            xb = self.item_embeddings(w).float().cpu().numpy()
-            return score(xq_np, users_np, xb, self.trainer.datamodule.data, split,
+            xb_w = self._with_prior(xb, w).float().cpu().numpy()
+            return score(xq_np, users_np, xb_w, self.trainer.datamodule.data, split,
                          tuple(self.eval_ks), self.eval_index)
 
         if split == "valid" and self.prior_grid is not None:  # choose the prior on validation
-            runs = [(w, run(w)) for w in self.prior_grid]
-            w, res = max(runs, key=lambda r: r[1].metrics[f"ndcg@{min(self.eval_ks)}"])  # first of ties
+            w, res = max(((w, run(w)) for w in self.prior_grid), key=lambda r: r[1].metrics[key])  # first of ties
             self.prior_weight.fill_(w)
             self.log(f"{prefix}/prior_weight", w, sync_dist=True)
         else:
-            res = run(None)
+            res = run(self.served_prior_weight)
+        main = f"{prefix}/{key}"
         vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
                 if isinstance(v, float) and math.isfinite(v)}
         self.log(main, vals.pop(main), prog_bar=True, sync_dist=True)  # equal on every rank already

@@ -234,7 +234,7 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
             "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(meta.path),
             "dataset": meta.dataset, "n_users": int(d.n_users), "n_items": int(d.n_items), "dim": int(xb.shape[1]),
             "index": {"name": name, "params": index_params or {}}, "score": "inner product",
-            "prior_weight": float(getattr(model, "prior_weight", 0.0)),
+            "prior_weight": model.served_prior_weight,
             "metrics": metrics or {}, "config": meta.config, "versions": _versions(), "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -84,3 +84,13 @@ def test_identity_without_corrections():
     pos, neg = torch.randn(3), torch.randn(3, 5)
     out = corrected_logits(pos, neg)
     torch.testing.assert_close(out, torch.cat([pos[:, None], neg], 1))
+
+
+def test_log_frequency_is_add_one_smoothed():
+    import numpy as np
+
+    from recsys.corrections import log_frequency
+
+    got = log_frequency(np.array([3, 0, 1]))
+    np.testing.assert_allclose(got, np.log(np.array([4.0, 1.0, 2.0]) / 7.0))
+    assert np.isfinite(got).all()  # an unseen item keeps a finite log p

@@ -214,7 +214,7 @@ def train_head(cfg_path: Path, extra: list[str], ks_req: list[int]) -> tuple[dic
     score = ck.best_model_score if ck is not None else None
     rec = {"train_seconds": secs, "epochs": int(cli.trainer.current_epoch), "best_epoch": best_epoch,
            "checkpoint": best or None,
-           "prior_weight": float(cli.model.prior_weight) if cli.model.prior_grid is not None else None,
+           "prior_weight": cli.model.served_prior_weight,
            "best_val_ndcg@10": None if score is None else float(score),
            **mem.as_dict(), **res}
     return rec, cli.datamodule.data

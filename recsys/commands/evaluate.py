@@ -53,7 +53,7 @@ def evaluate_checkpoint(ckpt, split: str = "test", ks=(10, 20, 50), index: str =
         "checkpoint": str(Path(ckpt).resolve()), "dataset": meta.dataset, "split": split, "k": ks,
         "index": index, "index_params": index_params or {}, "n_queries": int(len(res.users)),
         "metrics": metrics, "epoch": meta.epoch,
-        "prior_weight": float(model.prior_weight) if getattr(model, "prior_grid", None) is not None else None,
+        "prior_weight": model.served_prior_weight,
     }
     if "index_recall" in metrics:
         report["index_recall"] = metrics["index_recall"]

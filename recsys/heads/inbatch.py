@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.corrections import log_frequency
 from recsys.distributed import gather_candidates
 from recsys.errors import ConfigError
 from recsys.heads.base import Head, HeadOutput
@@ -88,9 +89,8 @@ class InBatchSoftmax(Head):
 
     def bind(self, schema, known) -> None:
         super().bind(schema, known)
-        counts = (np.zeros(schema.n_items) if schema.item_counts is None  # no counts: uniform
-                  else np.asarray(schema.item_counts, dtype=np.float64)) + 1.0  # +1: unseen items
-        self.log_p = torch.from_numpy(np.log(counts / counts.sum())).float()
+        counts = np.zeros(schema.n_items) if schema.item_counts is None else schema.item_counts  # none: uniform
+        self.log_p = torch.from_numpy(log_frequency(counts)).float()
         if self.logq == "streaming" and self.streaming is None:
             self.streaming = StreamingFrequency(schema.n_items, alpha=self.streaming_alpha)
 
