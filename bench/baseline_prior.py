@@ -10,20 +10,17 @@ on validation gains nothing from the prior.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
-from bench import common  # noqa: F401  (thread environment first)
+from bench import common as C  # thread environment first
 
-RESULTS = Path(__file__).parent / "results"
 GRID = (0.0, 0.005, 0.01, 0.02, 0.04)
 
 
 def main() -> None:
-    """Score every (baseline, split, w); write the JSON and the Markdown table."""
+    """Score every (baseline, split, w); write the report (JSON + Markdown)."""
     from recsys.baselines import make_baseline
     from recsys.corrections import log_frequency
     from recsys.data import load_dataset
@@ -41,15 +38,12 @@ def main() -> None:
                 r = score(xq, users, np.hstack([m.xb, w * logp]), data, split, (10,)).metrics
                 rows.append({"baseline": name, "split": split, "w": w,
                              "recall@10": r["recall@10"], "ndcg@10": r["ndcg@10"]})
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "baseline_prior.json").write_text(json.dumps(rows, indent=2))
-    lines = ["# Popularity prior on the baselines (ML-1M, split seed 0)", "",
-             "| baseline | split | w | recall@10 | ndcg@10 |", "|---|---|---|---|---|"]
-    lines += [f"| {r['baseline']} | {r['split']} | {r['w']:g} | {r['recall@10']:.4f} | {r['ndcg@10']:.4f} |"
-              for r in rows]
-    (RESULTS / "baseline_prior.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    rep = C.Report("baseline_prior", False, C.command_line(), __doc__.split("\n\n")[0])
+    rep.data = {"rows": rows}
+    rep.table("Baselines scored with the popularity prior", [
+        {**r, "recall@10": f"{r['recall@10']:.4f}", "ndcg@10": f"{r['ndcg@10']:.4f}"} for r in rows])
+    rep.write()
+    print(rep.markdown())
 
 if __name__ == "__main__":
     main()

@@ -13,15 +13,12 @@ Writes ``bench/results/paired_ml1m.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import scipy.stats
 
-from bench import common  # noqa: F401  (thread environment first)
+from bench import common as C  # thread environment first
 
-RESULTS = Path(__file__).parent / "results"
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
 
@@ -36,7 +33,7 @@ def paired(a: np.ndarray, b: np.ndarray, seed: int = 0, n_boot: int = 10_000) ->
 
 
 def main() -> None:
-    """Score, compare, write the JSON and the Markdown table."""
+    """Score, compare, write the report (JSON + Markdown)."""
     from recsys.baselines import evaluate_baseline, make_baseline
     from recsys.checkpoint import load_checkpoint
     from recsys.evaluation import evaluate_model
@@ -60,23 +57,18 @@ def main() -> None:
     for name in ("ease", "als"):
         if not np.array_equal(per_user(res[name], "ndcg@10")[0], users):
             raise RuntimeError(f"{name} was scored on other test users than the checkpoint")
-    out = {"checkpoint": str(a.ckpt), "dataset": meta.dataset, "n_users": int(len(users)),
-           "prior_weight": float(getattr(model, "prior_weight", 0.0)),
-           "vs": {name: {m: paired(per_user(res["model"], m)[1], per_user(res[name], m)[1]) for m in METRICS}
-                  for name in ("ease", "als")}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "paired_ml1m.json").write_text(json.dumps(out, indent=2))
-    lines = [f"# Paired per-user test, {meta.dataset} test split ({len(users):,} users)", "",
-             f"checkpoint: `{a.ckpt}`", "",
-             "| vs | metric | two-tower | baseline | diff | 95% bootstrap CI | paired t p |",
-             "|---|---|---|---|---|---|---|"]
-    for name, rows in out["vs"].items():
-        for m, r in rows.items():
-            lines.append(f"| {name} | {m} | {r['model']:.4f} | {r['baseline']:.4f} | {r['diff']:+.4f} | "
-                         f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}] | {r['p_ttest']:.3f} |")
-    (RESULTS / "paired_ml1m.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    vs = {name: {m: paired(per_user(res["model"], m)[1], per_user(res[name], m)[1]) for m in METRICS}
+          for name in ("ease", "als")}
+    rep = C.Report("paired_ml1m", False, C.command_line(), __doc__.split("\n\n")[0])
+    rep.data = {"checkpoint": str(a.ckpt), "dataset": meta.dataset, "n_users": int(len(users)),
+                "prior_weight": model.served_prior_weight, "vs": vs}
+    rep.table(f"In-batch minus baseline, {meta.dataset} test split ({len(users):,} users)", [
+        {"vs": name, "metric": m, "two-tower": f"{r['model']:.4f}", "baseline": f"{r['baseline']:.4f}",
+         "diff": f"{r['diff']:+.4f}",
+         "95% bootstrap CI": f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]", "paired t p": f"{r['p_ttest']:.3f}"}
+        for name, rows in vs.items() for m, r in rows.items()], note=f"checkpoint: `{a.ckpt}`")
+    rep.write()
+    print(rep.markdown())
 
 if __name__ == "__main__":
     main()
