@@ -2,7 +2,7 @@
 
 ``python -m bench.baseline_prior``: fits EASE (lambda 1000) and ALS (tuned defaults) on the
 ML-1M train split and scores validation and test with score + w log p_j (p_j the add-one
-smoothed train frequency, ``recsys.corrections.log_frequency``, as
+smoothed train frequency, ``recsys.model.corrections.log_frequency``, as
 ``TwoTowerModule(prior_grid=...)`` uses) for w in a grid on the baselines' score scale.
 Writes ``bench/results/baseline_prior.json`` and ``.md``. A baseline that is best at w = 0
 on validation gains nothing from the prior.
@@ -21,10 +21,10 @@ GRID = (0.0, 0.005, 0.01, 0.02, 0.04)
 
 def main() -> None:
     """Score every (baseline, split, w); write the report (JSON + Markdown)."""
-    from recsys.baselines import make_baseline
-    from recsys.corrections import log_frequency
     from recsys.data import load_dataset
-    from recsys.evaluation import score
+    from recsys.eval.baselines import make_baseline
+    from recsys.eval.evaluate import score
+    from recsys.model.corrections import log_frequency
 
     data = load_dataset("ml-1m", os.environ["RECSYS_DATA"])
     logp = log_frequency(data.item_counts())[:, None].astype(np.float32)  # (N, 1)
@@ -33,7 +33,7 @@ def main() -> None:
         m = make_baseline(name, **kw).fit(data)
         for split in ("valid", "test"):
             users = np.flatnonzero(np.diff(data.truth(split).indptr) > 0)
-            xq = np.hstack([m.embed_users(users), np.ones((len(users), 1), np.float32)])  # (Q, D + 1)
+            xq = np.hstack([m.query_vectors(users), np.ones((len(users), 1), np.float32)])  # (Q, D + 1)
             for w in GRID:
                 r = score(xq, users, np.hstack([m.xb, w * logp]), data, split, (10,)).metrics
                 rows.append({"baseline": name, "split": split, "w": w,

@@ -204,7 +204,7 @@ def synthetic_data(n_items: int, n_users: int = 100_000, per_user: float = 10.0,
     """
     import scipy.sparse as sp
 
-    from recsys.data.dataset import RecData, to_csr
+    from recsys.data.recdata import RecData, to_csr
     from recsys.data.synthetic import SyntheticConfig, make_synthetic
     from recsys.data.vocab import Vocab
 
@@ -246,17 +246,12 @@ def make_datamodule(data, batch_size: int = BATCH, max_history: int = 50, seed: 
     """An ``InteractionDataModule`` serving an already built ``RecData``."""
     from recsys.data.datamodule import InteractionDataModule
 
-    class _Prebuilt(InteractionDataModule):
-        def __init__(self):
-            super().__init__(dataset="synthetic", batch_size=batch_size, max_history=max_history, seed=seed)
-            self._data = data  # the data property returns it instead of loading by name
-
-    return _Prebuilt()
+    return InteractionDataModule.from_data(data, batch_size=batch_size, max_history=max_history, seed=seed)
 
 
 def make_head(name: str):
     """A head with its library defaults, by benchmark name."""
-    from recsys.heads import FullSoftmax, HardNegativeSoftmax, InBatchSoftmax, MultiLabelSigmoid, SampledSoftmax
+    from recsys.model.heads import FullSoftmax, HardNegativeSoftmax, InBatchSoftmax, MultiLabelSigmoid, SampledSoftmax
 
     return {
         "full": lambda: FullSoftmax(),
@@ -273,8 +268,8 @@ def make_module(data, head_name: str, dim: int = D, **tower_kw):
     from functools import partial
 
     from recsys.data.datamodule import make_schema
-    from recsys.module import TwoTowerModule
-    from recsys.towers import ItemTower, QueryTower
+    from recsys.model.module import TwoTowerModule
+    from recsys.model.towers import ItemTower, QueryTower
 
     qkw = {k[2:]: v for k, v in tower_kw.items() if k.startswith("q_")}
     ikw = {k[2:]: v for k, v in tower_kw.items() if k.startswith("i_")}

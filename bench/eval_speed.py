@@ -91,7 +91,7 @@ def timed_search(r, xq, k):
 
 
 def main(argv=None) -> None:
-    from recsys.index import make_retriever, recall_vs_exact
+    from recsys.retrieval import make_retriever, recall_vs_exact
 
     args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
     C.set_threads(args.threads)

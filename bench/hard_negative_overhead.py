@@ -5,18 +5,19 @@ index and mining, against the refresh interval, and the quality effect of the in
     python -m bench.hard_negative_overhead --quick    # N = 100k, short runs
 
 Part 1 (cost, synthetic N = 1M, default towers and ``HardNegativeSoftmax()`` defaults):
-``Trainer.fit`` (the ``recsys fit`` path: the ``HardNegativeIndexRefresh`` callback rebuilds
+``Trainer.fit`` (the ``recsys fit`` path: the head's ``MinerRefresh`` callback rebuilds
 the index before the first step and every ``refresh_every`` steps) runs two full refresh
 cycles at the default interval (500 steps) and three at a short one (100), with the
-rebuild (``item_tower.embed_all`` + ``head.refresh``) and the mining (``head.mine``) timed
-inside. share = (rebuild + mining) / training time. The first rebuild of a run trains the
-IVF cells (k-means), later ones reuse them (``retrain_every``, default 10) and only
+rebuild (``item_tower.embed_all`` + the index build) and the mining timed inside by the
+miner itself (``HardNegativeMiner`` timings). share = (rebuild + mining) / training time.
+The first rebuild of a run trains the IVF cells (k-means), later ones reuse them
+(``retrain_every``, default 10) and only
 re-assign the embeddings, so a run of two cycles pays one trained and one reused rebuild:
 pessimistic for a long run, which trains once per ``retrain_every`` cycles. Other intervals
 and the long run follow from the measured parts: with T_build = (T_train + (r - 1) T_reuse) / r
 per rebuild (r = retrain_every), share(R) = (T_build / R + t_mine) / (T_build / R + t_mine + t_rest).
 
-Part 2 (quality, MovieLens-100k, DESIGN.md protocol): the ml-100k config's model
+Part 2 (quality, MovieLens-100k, docs/protocol.md): the ml-100k config's model
 (configs/ml-100k/hard.yaml: batch 256, dense Adam) trained for a fixed number of epochs
 with several refresh intervals, and in-batch softmax (no hard negatives) as the
 reference; test Recall@10 / NDCG@10 over the full catalogue, seen items excluded.
@@ -33,24 +34,6 @@ from bench import common as C
 INTERVALS = (50, 100, 200, 500, 1000, 2000)
 
 
-class _Clock:
-    """Accumulates the seconds spent in wrapped callables."""
-
-    def __init__(self):
-        self.s, self.n, self.each = 0.0, 0, []
-
-    def wrap(self, f):
-        def g(*a, **k):
-            t = time.perf_counter()
-            try:
-                return f(*a, **k)
-            finally:
-                self.each.append(time.perf_counter() - t)
-                self.s += self.each[-1]
-                self.n += 1
-        return g
-
-
 def cost_case(case: dict) -> dict:
     """One training run of ``steps`` steps with ``refresh_every`` (in its own process)."""
     import lightning as L
@@ -61,19 +44,8 @@ def cost_case(case: dict) -> dict:
     dm = C.make_datamodule(data)
     torch.manual_seed(0)
     module = C.make_module(data, "hard")
-    head = module.head
-    head.refresh_every = R
-    build, mine, embed = _Clock(), _Clock(), _Clock()
-    module.item_tower.embed_all = embed.wrap(module.item_tower.embed_all)
-    trained = []  # per rebuild: did it train the IVF cells (k-means)?
-    refresh = head.refresh
-
-    def tracked(xb, retrain=None):
-        trained.append(retrain if retrain is not None else head.refresh_count % head.retrain_every == 0)
-        return refresh(xb, retrain=retrain)
-
-    head.refresh = build.wrap(tracked)
-    head.mine = mine.wrap(head.mine)
+    miner = module.head.miner
+    miner.refresh_every = R
 
     class StepClock(L.Callback):
         t0 = t1 = None
@@ -92,19 +64,22 @@ def cost_case(case: dict) -> dict:
     l0 = C.load()
     trainer.fit(module, datamodule=dm)
     total = clock.t1 - clock.t0
-    rebuild = build.s + embed.s
-    tr = [b for b, t in zip(build.each, trained) if t]
-    ru = [b for b, t in zip(build.each, trained) if not t]
-    return {"N": N, "refresh_every": R, "steps": S, "total_s": total, "rebuilds": build.n,
-            "rebuild_s": rebuild, "build_s_each": build.s / max(1, build.n), "embed_s_each": embed.s / max(1, embed.n),
+    builds = [b for b, _ in miner.build_log]
+    rebuild = miner.refresh_seconds + miner.embed_seconds
+    tr = [b for b, t in miner.build_log if t]
+    ru = [b for b, t in miner.build_log if not t]
+    mine_s = miner.mine_seconds
+    return {"N": N, "refresh_every": R, "steps": S, "total_s": total, "rebuilds": len(builds),
+            "rebuild_s": rebuild, "build_s_each": miner.refresh_seconds / max(1, len(builds)),
+            "embed_s_each": miner.embed_seconds / max(1, len(builds)),
             "build_trained_s": sum(tr) / len(tr) if tr else None, "build_reused_s": sum(ru) / len(ru) if ru else None,
-            "trained_builds": len(tr), "retrain_every": head.retrain_every,
-            "nlist": getattr(head.retriever.index, "nlist", None),
-            "nprobe": getattr(head.retriever.index, "nprobe", None),
-            "mine_s": mine.s, "mine_ms_per_step": 1000 * mine.s / S,
-            "rest_ms_per_step": 1000 * (total - rebuild - mine.s) / S,
-            "share": (rebuild + mine.s) / total, "share_rebuild": rebuild / total, "share_mine": mine.s / total,
-            "index": type(head.retriever).__name__, "load_start": l0, "load_end": C.load(),
+            "trained_builds": len(tr), "retrain_every": miner.retrain_every,
+            "nlist": getattr(miner.retriever.index, "nlist", None),
+            "nprobe": getattr(miner.retriever.index, "nprobe", None),
+            "mine_s": mine_s, "mine_ms_per_step": 1000 * mine_s / S,
+            "rest_ms_per_step": 1000 * (total - rebuild - mine_s) / S,
+            "share": (rebuild + mine_s) / total, "share_rebuild": rebuild / total, "share_mine": mine_s / total,
+            "index": type(miner.retriever).__name__, "load_start": l0, "load_end": C.load(),
             "peak_rss_gib": round(C.peak_rss_bytes() / 2**30, 2), "threads": C.threads()}
 
 
@@ -114,10 +89,10 @@ def quality_case(case: dict) -> dict:
     import torch
 
     from recsys.data.datamodule import InteractionDataModule
-    from recsys.evaluation import evaluate_model
-    from recsys.heads import HardNegativeSoftmax, InBatchSoftmax
-    from recsys.module import TwoTowerModule
-    from recsys.towers import ItemTower, QueryTower
+    from recsys.eval.evaluate import evaluate_model
+    from recsys.model.heads import HardNegativeSoftmax, InBatchSoftmax
+    from recsys.model.module import TwoTowerModule
+    from recsys.model.towers import ItemTower, QueryTower
 
     L.seed_everything(0, verbose=False)
     dm = InteractionDataModule(dataset=case["dataset"], batch_size=256, max_history=50)
@@ -126,11 +101,6 @@ def quality_case(case: dict) -> dict:
     module = TwoTowerModule(schema=dm.schema, query_tower=partial(QueryTower, dim=C.D, sparse=False),
                             item_tower=partial(ItemTower, dim=C.D, sparse=False), head=head,
                             dense_optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
-    mine = _Clock()
-    build = _Clock()
-    if R is not None:
-        head.mine = mine.wrap(head.mine)
-        head.refresh = build.wrap(head.refresh)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=case["epochs"], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0)
@@ -141,7 +111,8 @@ def quality_case(case: dict) -> dict:
     m = res.metrics
     return {"head": "inbatch" if R is None else "hard", "refresh_every": R if R is not None else "-",
             "epochs": case["epochs"], "steps": trainer.global_step, "train_s": train_s,
-            "rebuilds": build.n, "overhead_share": (mine.s + build.s) / train_s,
+            "rebuilds": 0 if R is None else head.miner.refresh_count,
+            "overhead_share": 0.0 if R is None else (head.miner.mine_seconds + head.miner.refresh_seconds) / train_s,
             "recall@10": m.get("recall@10"), "ndcg@10": m.get("ndcg@10"), "recall@20": m.get("recall@20"),
             "ndcg@20": m.get("ndcg@20"), "load": C.load()}
 

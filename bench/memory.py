@@ -16,8 +16,8 @@ with the item id only: one N x D table (``InBatchSoftmax``, the module's default
 ``default`` = the default towers (item id + genres; user id + history bag + features),
 whose history bag is a second N x D table (``SampledSoftmax``).
 
-Sparse optimiser (``opt``): ``adam`` = ``recsys.optim.SparseAdam`` (the module default; two
-dense N x D moments per table), ``rowwise`` = ``recsys.optim.RowWiseAdagrad`` (one float per
+Sparse optimiser (``opt``): ``adam`` = ``recsys.model.optim.SparseAdam`` (the module default; two
+dense N x D moments per table), ``rowwise`` = ``recsys.model.optim.RowWiseAdagrad`` (one float per
 row).
 """
 
@@ -47,7 +47,7 @@ def run_case(case: dict) -> dict:
     torch.manual_seed(0)
     module = C.make_module(data, case["head"], **tower_kw)
     if case.get("opt", "adam") == "rowwise":
-        from recsys.optim import RowWiseAdagrad
+        from recsys.model.optim import RowWiseAdagrad
 
         module.sparse_optimizer = lambda params: RowWiseAdagrad(params, lr=0.05)
     rss_model = C.rss_bytes()

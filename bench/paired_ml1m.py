@@ -34,9 +34,9 @@ def paired(a: np.ndarray, b: np.ndarray, seed: int = 0, n_boot: int = 10_000) ->
 
 def main() -> None:
     """Score, compare, write the report (JSON + Markdown)."""
-    from recsys.baselines import evaluate_baseline, make_baseline
-    from recsys.checkpoint import load_checkpoint
-    from recsys.evaluation import evaluate_model
+    from recsys.artifacts.checkpoint import load_checkpoint
+    from recsys.eval.baselines import evaluate_baseline, make_baseline
+    from recsys.eval.evaluate import evaluate_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)

@@ -11,7 +11,7 @@ import torch
 
 from bench import common as C
 from bench.train_throughput import bare_step, fit_window
-from recsys.data.datamodule import PairDataset
+from recsys.data.batches import PairDataset
 
 
 def main() -> None:

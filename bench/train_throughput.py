@@ -81,8 +81,9 @@ def fit_window(module, dm, warmup: int, steps: int) -> float:
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[timer],
     )
-    if hasattr(module.head, "steps_since_refresh"):
-        module.head.steps_since_refresh = 0  # the window stays inside one refresh interval
+    miner = getattr(module.head, "miner", None)
+    if miner is not None and miner.built():
+        miner.steps_since_refresh = 0  # the window stays inside one refresh interval
     trainer.fit(module, datamodule=dm)
     module.trainer = None  # drop the trainer (and its optimizer state) before the next window
     return timer.marks[1] - timer.marks[0]
@@ -97,7 +98,7 @@ def run_sizes(case: dict) -> dict:
     """
     import torch
 
-    from recsys.data.datamodule import PairDataset
+    from recsys.data.batches import PairDataset
 
     quick, B, rounds = case["quick"], C.BATCH, case["rounds"]
     tower_kw = case.get("tower_kw", {})
@@ -150,11 +151,11 @@ def run_sizes(case: dict) -> dict:
             if h == "hard":  # one index rebuild, amortised over the default refresh interval
                 head = mods[N][0].head
                 t1 = time.perf_counter()
-                head.refresh(mods[N][0].item_tower.embed_all())
+                head.miner.refresh_from(mods[N][0].item_tower)
                 row["refresh_s"] = time.perf_counter() - t1
-                row["index"] = type(head.retriever).__name__
-                row["fit_ex_s_with_refresh"] = B * head.refresh_every / (
-                    B * head.refresh_every / rf["median"] + row["refresh_s"])
+                row["index"] = type(head.miner.retriever).__name__
+                row["fit_ex_s_with_refresh"] = B * head.miner.refresh_every / (
+                    B * head.miner.refresh_every / rf["median"] + row["refresh_s"])
             rows.append(row)
         print(f"{h}: {time.perf_counter() - t0:.0f} s", flush=True)
         del mods

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from recsys.errors import ConfigError
+from recsys.errors import missing_dependency
 
 
 def _figure(width: float = 6.4, height: float = 4.4):
@@ -19,10 +19,7 @@ def _figure(width: float = 6.4, height: float = 4.4):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ConfigError(
-            "plots need matplotlib, which is not installed. Fix: pip install 'recsys[bench]' "
-            "(or pip install matplotlib)."
-        ) from e
+        raise missing_dependency("matplotlib", "plots") from e
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig

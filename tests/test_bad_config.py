@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys.cli import main
 from recsys.errors import ConfigError, DataError, RecsysError
-from recsys.heads import InBatchSoftmax
+from recsys.model.heads import InBatchSoftmax
+from recsys.train.cli import main
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*args parameter is intended.*")
@@ -45,11 +45,12 @@ CASES = {
                                     ["num_hard + skip_top=300", "< N=", "Fix:"]),
     "k_above_catalogue": (["--model.eval_ks=[10,5000]"], "inbatch", ConfigError,
                           ["k=5000", "exceeds the catalogue size", "Fix: choose k <="]),
-    "unknown_head": (["--model.head=recsys.heads.SoftmaxDeluxe"], "inbatch", ConfigError,
-                     ["model.head", "'recsys.heads.SoftmaxDeluxe'", "Fix: use one of", "recsys.heads.InBatchSoftmax"]),
-    "unknown_sampler": (["--model.head.init_args.sampler=recsys.samplers.ZipfSampler"], "sampled", ConfigError,
-                        ["model.head.init_args.sampler", "'recsys.samplers.ZipfSampler'",
-                         "Fix: use one of", "recsys.samplers.UniformSampler"]),
+    "unknown_head": (["--model.head=recsys.model.heads.SoftmaxDeluxe"], "inbatch", ConfigError,
+                     ["model.head", "'recsys.model.heads.SoftmaxDeluxe'", "Fix: use one of",
+                      "recsys.model.heads.InBatchSoftmax"]),
+    "unknown_sampler": (["--model.head.init_args.sampler=recsys.model.candidates.ZipfSampler"], "sampled", ConfigError,
+                        ["model.head.init_args.sampler", "'recsys.model.candidates.ZipfSampler'",
+                         "Fix: use one of", "recsys.model.candidates.UniformSampler"]),
     "tower_dims": (["--model.item_tower.init_args.dim=32"], "inbatch", ConfigError,
                    ["query tower dim=64, item_bias=False != item tower dim=32", "same D", "Fix:"]),
     "dataset_path_missing": (["--data.dataset=ml-100k", "--data.root=/nonexistent/recsys-data"], "inbatch",
@@ -75,20 +76,20 @@ def test_bad_config_fails_before_training(case, tmp_path):
 def test_console_prints_one_line_and_exits_2(tmp_path):
     exe = Path(sys.executable).parent / "recsys"
     r = subprocess.run([str(exe), "fit", "--config", str(CONFIGS / "inbatch.yaml"), *TINY,
-                        f"--trainer.default_root_dir={tmp_path}", "--model.head=recsys.heads.Nope"],
+                        f"--trainer.default_root_dir={tmp_path}", "--model.head=recsys.model.heads.Nope"],
                        capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1",
                                                                        "PYTHONWARNINGS": "ignore", "PATH": ""})
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "recsys.heads.Nope" in errors[0] and "Fix:" in errors[0]
+    assert len(errors) == 1 and "recsys.model.heads.Nope" in errors[0] and "Fix:" in errors[0]
     assert "Traceback" not in r.stderr and "usage:" not in r.stderr
 
 
 def test_exact_full_softmax_sample_is_allowed():
     """M = N is allowed for the one sampler where it is exact: uniform without replacement."""
-    from recsys.heads import SampledSoftmax
-    from recsys.module import check_head_sizes
-    from recsys.samplers import UniformSampler
+    from recsys.model.candidates import UniformSampler
+    from recsys.model.heads import SampledSoftmax
+    from recsys.model.module import check_head_sizes
 
     check_head_sizes(SampledSoftmax(UniformSampler(replacement=False), num_negatives=50), 50)
     with pytest.raises(ConfigError, match="num_negatives=50"):

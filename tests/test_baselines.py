@@ -1,5 +1,5 @@
 """Baselines: EASE equals the brute-force ridge regressions, seen items are never returned,
-popularity orders by count, ALS runs, and evaluation matches recsys.evaluation.score."""
+popularity orders by count, ALS runs, and evaluation matches recsys.eval.evaluate.score."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.baselines import ALS, EASE, Popularity, evaluate_baseline, make_baseline
-from recsys.errors import ConfigError
-from recsys.evaluation import score
+from recsys.errors import ConfigError, MissingDependency
+from recsys.eval.baselines import ALS, EASE, Popularity, evaluate_baseline, make_baseline
+from recsys.eval.evaluate import score
 from tests.conftest import TINY
 
 
@@ -73,8 +73,9 @@ def test_als_runs_on_a_tiny_matrix():
 
 def test_als_without_implicit_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "implicit.cpu.als", None)  # import raises ImportError
-    with pytest.raises(ConfigError, match="bench"):
+    with pytest.raises(MissingDependency, match="bench") as e:
         ALS(factors=2, iterations=1).fit(_random_binary())
+    assert isinstance(e.value, ImportError) and "Fix:" in str(e.value)
 
 
 def test_bad_arguments_raise_config_errors():
@@ -102,7 +103,7 @@ def test_evaluate_baseline_matches_score_on_the_same_embeddings(tiny_data, split
     for m in (Popularity().fit(d), EASE(50.0).fit(d)):
         res = evaluate_baseline(m, d, split, ks)
         users = np.flatnonzero(np.diff(d.truth(split).indptr) > 0)
-        ref = score(m.embed_users(users), users, m.xb, d, split, ks)
+        ref = score(m.query_vectors(users), users, m.xb, d, split, ks)
         np.testing.assert_array_equal(res.I, ref.I)
         for k in ref.metrics:
             if k != "search_seconds":

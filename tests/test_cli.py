@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recsys.cli import main
+from recsys.train.cli import main
 from tests.conftest import REPO, SHARED
 
 CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
@@ -27,7 +27,7 @@ def test_heads_differ_only_in_head_block(ds):
     cfgs = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "configs" / ds).glob("*.yaml")}
     base = cfgs["inbatch"]
     for name, c in cfgs.items():
-        assert c["model"].pop("head")["class_path"].startswith("recsys.heads.")
+        assert c["model"].pop("head")["class_path"].startswith("recsys.model.heads.")
         assert c == {**base, "model": {k: v for k, v in base["model"].items() if k != "head"}}, name
 
 

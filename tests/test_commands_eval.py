@@ -16,11 +16,13 @@ import scipy.stats
 import torch
 import yaml
 
-from recsys.checkpoint import load_checkpoint, read_checkpoint
-from recsys.cli import main as recsys_main
+from recsys.artifacts.checkpoint import load_checkpoint, read_checkpoint
+from recsys.artifacts.export import load_export, load_query_tower
+from recsys.artifacts.export import query_embeddings as embed_users
+from recsys.artifacts.recommender import Recommender, gumbel_topk
 from recsys.errors import ConfigError, DataError
-from recsys.evaluation import evaluate_model
-from recsys.serving import Recommender, embed_users, gumbel_topk, load_export, load_query_tower
+from recsys.eval.evaluate import evaluate_model
+from recsys.train.cli import main as recsys_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*args parameter is intended.*")
 TINY = {"n_users": 300, "n_items": 120, "n_clusters": 4, "interactions_per_user": 15.0}
@@ -31,9 +33,9 @@ def run(tmp_path_factory) -> Path:
     """Run folder of a 2-epoch fit on tiny synthetic data (checkpoints/best-*.ckpt, last.ckpt)."""
     root = tmp_path_factory.mktemp("fit")
     return fit_tiny(root, 2, {
-        "query_tower": {"class_path": "recsys.towers.QueryTower", "init_args": {"dim": 16}},
-        "item_tower": {"class_path": "recsys.towers.ItemTower", "init_args": {"dim": 16}},
-        "head": {"class_path": "recsys.heads.InBatchSoftmax", "init_args": {"logq": "static"}}})
+        "query_tower": {"class_path": "recsys.model.towers.QueryTower", "init_args": {"dim": 16}},
+        "item_tower": {"class_path": "recsys.model.towers.ItemTower", "init_args": {"dim": 16}},
+        "head": {"class_path": "recsys.model.heads.InBatchSoftmax", "init_args": {"logq": "static"}}})
 
 
 def fit_tiny(root: Path, max_epochs: int, model: dict) -> Path:
@@ -303,12 +305,12 @@ def test_export_refuses_overwrite_and_is_atomic(last, tmp_path, monkeypatch):
 def test_popularity_prior_is_served_by_evaluate_export_and_recommend(tmp_path):
     """A one-weight prior_grid fixes w = 1: every retrieval path ranks by logit + log p_j."""
     run = fit_tiny(tmp_path, 1, {
-        "query_tower": {"class_path": "recsys.towers.QueryTower",
+        "query_tower": {"class_path": "recsys.model.towers.QueryTower",
                         "init_args": {"dim": 8, "normalize": True, "item_bias": True}},
-        "item_tower": {"class_path": "recsys.towers.ItemTower",
+        "item_tower": {"class_path": "recsys.model.towers.ItemTower",
                        "init_args": {"dim": 8, "normalize": True, "item_bias": True}},
         "prior_grid": [1.0],
-        "head": {"class_path": "recsys.heads.InBatchSoftmax", "init_args": {"temperature": 0.5}}})
+        "head": {"class_path": "recsys.model.heads.InBatchSoftmax", "init_args": {"temperature": 0.5}}})
     ckpt = run / "checkpoints" / "last.ckpt"
     model, dm, _ = load_checkpoint(ckpt)
     assert float(model.prior_weight) == 1.0

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from recsys.cli import main
 from recsys.commands.compare import aggregate, curve_ks, head_config
+from recsys.train.cli import main
 from tests.conftest import TINY
 
 BASE = {
@@ -16,12 +16,12 @@ BASE = {
     "trainer": {"max_epochs": 3, "accelerator": "cpu"},
     "data": {"dataset": "synthetic", "batch_size": 128, "max_history": 8, "synthetic": dict(TINY)},
     "model": {
-        "query_tower": {"class_path": "recsys.towers.QueryTower", "init_args": {"dim": 8}},
-        "item_tower": {"class_path": "recsys.towers.ItemTower", "init_args": {"dim": 8}},
-        "head": {"class_path": "recsys.heads.InBatchSoftmax", "init_args": {"logq": "static"}},
+        "query_tower": {"class_path": "recsys.model.towers.QueryTower", "init_args": {"dim": 8}},
+        "item_tower": {"class_path": "recsys.model.towers.ItemTower", "init_args": {"dim": 8}},
+        "head": {"class_path": "recsys.model.heads.InBatchSoftmax", "init_args": {"logq": "static"}},
     },
 }
-FULL = {"model": {"head": {"class_path": "recsys.heads.FullSoftmax", "init_args": {"temperature": 0.5}}}}
+FULL = {"model": {"head": {"class_path": "recsys.model.heads.FullSoftmax", "init_args": {"temperature": 0.5}}}}
 
 
 def test_head_config_swaps_only_the_head_block(tmp_path):
@@ -34,7 +34,7 @@ def test_head_config_swaps_only_the_head_block(tmp_path):
     assert cfg["data"] == BASE["data"] and cfg["model"]["query_tower"] == BASE["model"]["query_tower"]
     assert cfg["trainer"] == {"max_epochs": 7, "accelerator": "cpu"}  # tuned trainer settings kept
     cfg, src = head_config(BASE, "sigmoid", tmp_path)  # no file: the class with its defaults
-    assert cfg["model"]["head"] == {"class_path": "recsys.heads.sigmoid.MultiLabelSigmoid"}
+    assert cfg["model"]["head"] == {"class_path": "recsys.model.heads.sigmoid.MultiLabelSigmoid"}
     assert src == "default MultiLabelSigmoid"
 
 

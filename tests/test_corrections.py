@@ -1,4 +1,4 @@
-"""Tests for recsys.corrections: each logit transform on a hand-worked example."""
+"""Tests for recsys.model.corrections: each logit transform on a hand-worked example."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recsys.corrections import corrected_logits, keep_hardest, mask, scale, subtract_log_q
+from recsys.model.corrections import corrected_logits, keep_hardest, mask, scale, subtract_log_q
 
 
 def test_scale_divides_by_temperature():
@@ -89,7 +89,7 @@ def test_identity_without_corrections():
 def test_log_frequency_is_add_one_smoothed():
     import numpy as np
 
-    from recsys.corrections import log_frequency
+    from recsys.model.corrections import log_frequency
 
     got = log_frequency(np.array([3, 0, 1]))
     np.testing.assert_allclose(got, np.log(np.array([4.0, 1.0, 2.0]) / 7.0))

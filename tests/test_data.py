@@ -18,7 +18,7 @@ from recsys.data import (
     split_random,
     to_implicit,
 )
-from recsys.data.datamodule import pad_rows
+from recsys.data.batches import pad_rows
 from recsys.errors import ConfigError, DataError
 from tests.conftest import TINY, need
 

@@ -47,10 +47,10 @@ def _free_port() -> int:
 
 def _problem(case: str):
     """Head, item tower, query embeddings (W*B, D) as a leaf, users and items, all seeded."""
-    import recsys.heads as heads
-    from recsys.data.datamodule import Schema
-    from recsys.heads.base import KnownPositives
-    from recsys.towers import ItemTower
+    import recsys.model.heads as heads
+    from recsys.model.heads.base import KnownPositives
+    from recsys.model.towers import ItemTower
+    from recsys.schema import Schema
 
     rng = np.random.default_rng(0)
     counts = rng.integers(1, 50, size=N)
@@ -67,7 +67,7 @@ def _problem(case: str):
     items[B + 1] = items[0]  # the same positive in both processes' batches: a global duplicate
     items[B + 2] = items[B + 3]  # and a local one
     if CASES[case]["cls"] == "HardNegativeSoftmax":
-        head.refresh(tower.embed_all())
+        head.miner.refresh(tower.embed_all())
     return head, tower, q, users, items
 
 
@@ -85,7 +85,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W)
     try:
-        from recsys.distributed import all_gather_rows
+        from recsys.model.distributed import all_gather_rows
 
         res = {}
         for case in CASES:
@@ -147,7 +147,7 @@ def test_all_gather_rows_unequal_sizes_and_gradient(ddp_results):
 
 
 def test_gather_is_a_no_op_without_a_process_group():
-    from recsys.distributed import gather_candidates
+    from recsys.model.distributed import gather_candidates
 
     c, v = torch.arange(4), torch.randn(4, 3)
     c2, v2, off = gather_candidates(c, v, n_local=3)
@@ -163,7 +163,7 @@ FIT = ["fit", "--config", str(REPO / "configs" / "synthetic" / "inbatch.yaml"),
 
 def _fit(root: Path, *extra: str) -> Path:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "recsys.cli", *FIT, f"--trainer.default_root_dir={root}",
+    cmd = [sys.executable, "-m", "recsys.train.cli", *FIT, f"--trainer.default_root_dir={root}",
            f"--trainer.logger.init_args.save_dir={root}", *extra]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -193,8 +193,8 @@ def test_ddp_fit_matches_one_process_with_the_global_batch(ddp_and_single):
 
 
 def test_ddp_validation_equals_single_process_evaluation(ddp_and_single):
-    from recsys.checkpoint import load_checkpoint
-    from recsys.evaluation import evaluate_model
+    from recsys.artifacts.checkpoint import load_checkpoint
+    from recsys.eval.evaluate import evaluate_model
 
     ddp = ddp_and_single[0]
     model, dm, meta = load_checkpoint(ddp / "checkpoints" / "last.ckpt")

@@ -29,7 +29,7 @@ ARGS = ["fit", "--config", str(REPO / "configs" / "synthetic" / "sampled.yaml"),
 
 def _fit(root: Path, *extra: str) -> tuple[dict, dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "recsys.cli", *ARGS, f"--trainer.default_root_dir={root}",
+    cmd = [sys.executable, "-m", "recsys.train.cli", *ARGS, f"--trainer.default_root_dir={root}",
            f"--trainer.logger.init_args.save_dir={root}", *extra]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -58,11 +58,11 @@ def data():
 
 
 def _loader(data, seed=0, epoch=0):
-    from recsys.data.datamodule import PairDataset, _batch_identity
-    from recsys.distributed import EpochSampler, ResumableLoader
+    from recsys.data.batches import PairDataset, batch_identity
+    from recsys.data.sampler import EpochSampler, ResumableLoader
 
     ds = PairDataset(data, 5, seed)
-    return ResumableLoader(ds, batch_size=64, sampler=EpochSampler(ds, seed, epoch), collate_fn=_batch_identity,
+    return ResumableLoader(ds, batch_size=64, sampler=EpochSampler(ds, seed, epoch), collate_fn=batch_identity,
                            generator=torch.Generator().manual_seed(seed))
 
 
@@ -104,7 +104,7 @@ def test_loader_resumes_mid_epoch_with_the_same_batches(data):
 
 
 def test_ddp_shares_partition_the_epoch(data, monkeypatch):
-    import recsys.distributed as rd
+    import recsys.data.sampler as rd
 
     whole = list(_loader(data, epoch=1).sampler)
     shares = []

@@ -22,8 +22,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from recsys.data.loaders import (
-    CANONICAL,
+from recsys.data.formats import (
     read_interactions,
     read_ml1m_movies,
     read_ml100k_items,
@@ -31,6 +30,7 @@ from recsys.data.loaders import (
     read_movielens,
     read_xc,
 )
+from recsys.data.validation import CANONICAL
 from recsys.errors import DataError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

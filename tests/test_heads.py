@@ -1,4 +1,4 @@
-"""Tests for recsys.heads: exact equivalences, logQ on hand-worked examples, masks that
+"""Tests for recsys.model.heads: exact equivalences, logQ on hand-worked examples, masks that
 must change the loss, chunked reductions, temperature, streaming frequencies, hard negatives.
 
 Everything runs on a catalogue of N = 7 items and batches of 2-4 examples.
@@ -14,9 +14,10 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from recsys.data.datamodule import Schema
 from recsys.errors import ConfigError
-from recsys.heads import (
+from recsys.model.candidates import LogUniformSampler, PopularitySampler, Sampler, UniformSampler
+from recsys.model.chunked import chunked_logsumexp, chunked_softplus_sum
+from recsys.model.heads import (
     FullSoftmax,
     HardNegativeSoftmax,
     InBatchSoftmax,
@@ -26,9 +27,8 @@ from recsys.heads import (
     StreamingFrequency,
     Temperature,
 )
-from recsys.heads.chunked import chunked_logsumexp, chunked_softplus_sum
-from recsys.samplers import LogUniformSampler, PopularitySampler, Sampler, UniformSampler
-from recsys.towers import ItemTower
+from recsys.model.towers import ItemTower
+from recsys.schema import Schema
 
 N, D = 7, 4
 # train positives of 5 users over 7 items
@@ -479,7 +479,7 @@ def hard_head(**kw) -> HardNegativeSoftmax:
 def test_hard_negatives_exclude_known_positives_and_the_positive():
     head = hard_head(num_hard=3)
     t = tower()
-    head.refresh(t.embed_all())
+    head.miner.refresh(t.embed_all())
     users, items = torch.tensor([0, 1, 2, 4]), torch.tensor([0, 1, 3, 5])  # item 5 is not in TRAIN[4]
     hard = head.mine(query(4), users, items)  # (B, K)
     assert hard.shape == (4, 3) and (hard >= 0).all()
@@ -497,8 +497,8 @@ def test_hard_negatives_skip_top():
     t = tower()
     full = hard_head(num_hard=4)
     skip = hard_head(num_hard=2, skip_top=2)
-    full.refresh(t.embed_all())
-    skip.refresh(t.embed_all())
+    full.miner.refresh(t.embed_all())
+    skip.miner.refresh(t.embed_all())
     users, items = torch.tensor([1, 3]), torch.tensor([1, 6])
     a, b = full.mine(query(2), users, items), skip.mine(query(2), users, items)
     assert torch.equal(b, a[:, 2:4])
@@ -521,15 +521,15 @@ def test_hard_refresh_rebuilds():
     t = tower()
     head.train()
     head(query(2), batch([0, 1], [0, 1]), t)  # the first forward builds the index itself
-    r0, n0 = head.retriever, head.refresh_count
-    assert r0 is not None and n0 == 1 and head.steps_since_refresh == 1
+    r0, n0 = head.miner.retriever, head.miner.refresh_count
+    assert r0 is not None and n0 == 1 and head.miner.steps_since_refresh == 1
     head(query(2), batch([0, 1], [0, 1]), t)
-    assert head.steps_since_refresh == 2 and head.retriever is r0
+    assert head.miner.steps_since_refresh == 2 and head.miner.retriever is r0
     # new embeddings -> refresh -> a new index that reflects them
     with torch.no_grad():
         t.item_emb.weight.mul_(-1)
-    head.refresh(t.embed_all())
-    assert head.retriever is not r0 and head.refresh_count == 2 and head.steps_since_refresh == 0
+    head.miner.refresh(t.embed_all())
+    assert head.miner.retriever is not r0 and head.miner.refresh_count == 2 and head.miner.steps_since_refresh == 0
     users, items = torch.tensor([1]), torch.tensor([1])
     s = (query(1) @ t.all().T).detach()
     s[0, 1] = -math.inf
@@ -540,25 +540,42 @@ def test_hard_refresh_callback_in_a_tiny_fit(tmp_path):
     import lightning as L
 
     from recsys.data.datamodule import InteractionDataModule
-    from recsys.module import TwoTowerModule
+    from recsys.model.module import TwoTowerModule
 
     dm = InteractionDataModule(dataset="synthetic", root=str(tmp_path), batch_size=32, max_history=5,
                                synthetic={"n_users": 200, "n_items": 100, "n_clusters": 4})
     head = HardNegativeSoftmax(num_hard=4, refresh_every=2, index="flat")
     model = TwoTowerModule(schema=dm.schema, head=head)
-    steps = []
-    refresh = head.refresh
+    counts = []  # (step, refreshes so far) after every step
 
-    def spy(xb):
-        steps.append(model.global_step)
-        return refresh(xb)
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            counts.append((batch_idx, head.miner.refresh_count))
 
-    head.refresh = spy
     trainer = L.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1)
+                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1,
+                        callbacks=[Record()])
     trainer.fit(model, datamodule=dm)
+    steps = [s for i, (s, n) in enumerate(counts) if n > (counts[i - 1][1] if i else 0)]
     assert steps == [0, 2, 4]  # before the first step, then every refresh_every = 2 steps
-    assert head.refresh_count == 3
+    assert head.miner.refresh_count == 3
+
+
+def test_hard_miner_state_travels_in_the_state_dict():
+    # the index a checkpoint restores is the one it was mining from, not one of the new weights
+    head, t = hard_head(num_hard=3), tower()
+    head.miner.refresh(t.embed_all())
+    users, items = torch.tensor([0, 2, 4]), torch.tensor([0, 3, 5])
+    before = head.mine(query(3), users, items)
+    state = head.state_dict()
+    assert state["miner._extra_state"]["xb"].shape == (N, D)
+    other = hard_head(num_hard=3)
+    other.load_state_dict(state)
+    assert other.miner.built() and other.miner.refresh_count == 1
+    assert torch.equal(other.mine(query(3), users, items), before)
+    empty = hard_head(num_hard=3)
+    empty.load_state_dict(hard_head(num_hard=3).state_dict())  # no index yet: nothing restored
+    assert not empty.miner.built()
 
 
 # ---------------------------------------------------------------------------------------
@@ -614,16 +631,16 @@ def test_hard_ivf_cells_reused_between_retrains():
     t = tower()
     cells = []
     for _ in range(5):
-        head.refresh(t.embed_all())
-        cells.append(head.centroids.copy())
+        head.miner.refresh(t.embed_all())
+        cells.append(head.miner.centroids.copy())
         with torch.no_grad():
             t.item_emb.weight.add_(torch.randn_like(t.item_emb.weight))
-    assert head.refresh_count == 5 and cells[0].shape == (3, D)
+    assert head.miner.refresh_count == 5 and cells[0].shape == (3, D)
     np.testing.assert_array_equal(cells[1], cells[0])
     np.testing.assert_array_equal(cells[3], cells[2])
     assert not np.array_equal(cells[2], cells[1]) and not np.array_equal(cells[4], cells[3])
-    head.refresh(t.embed_all(), retrain=False)  # explicit: keep the cells (e.g. on resume)
-    np.testing.assert_array_equal(head.centroids, cells[4])
+    head.miner.refresh(t.embed_all(), retrain=False)  # explicit: keep the cells (e.g. on resume)
+    np.testing.assert_array_equal(head.miner.centroids, cells[4])
     # mining from reused cells: nprobe = nlist scans everything, so it is the exact top-2
     # with the known positives and the positive excluded
     users, items = torch.tensor([0, 2, 4]), torch.tensor([0, 3, 5])

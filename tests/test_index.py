@@ -1,4 +1,4 @@
-"""Tests for recsys.index: every retriever is checked against brute force."""
+"""Tests for recsys.retrieval: every retriever is checked against brute force."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.errors import ConfigError, DataError
-from recsys.index import (
+from recsys.retrieval import (
     ExactRetriever,
     FaissFlatRetriever,
     FaissHNSWRetriever,
@@ -143,7 +143,7 @@ def test_constant_scores_fall_back_and_stay_valid():
 def test_tie_fallback_in_row_steps():
     # 20 rows of 2**20 zeros with k = 5 positive entries each: the threshold is 0, every
     # entry is a candidate, and the fallback runs argpartition 16 rows at a time (2 steps).
-    from recsys.index import _topk_block
+    from recsys.retrieval.exact import _topk_block
 
     rng = np.random.default_rng(3)
     q, n, k = 20, 2**20, 5

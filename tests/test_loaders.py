@@ -1,4 +1,4 @@
-"""Tests for recsys.data.loaders, recsys.data.formats_xc and recsys.data.download.
+"""Tests for recsys.data.formats (table, movielens, xc), recsys.data.validation and recsys.data.download.
 
 Real-data tests read $RECSYS_DATA (default ../shared/data beside the checkout) and skip when
 it is absent; everything else builds tiny files under tmp_path. Every bad-input test checks
@@ -21,8 +21,7 @@ import pandas as pd
 import pytest
 
 from recsys.data import download as dl
-from recsys.data.formats_xc import read_xc
-from recsys.data.loaders import (
+from recsys.data.formats import (
     ML100K_GENRES,
     read_interactions,
     read_ml1m_movies,
@@ -30,8 +29,9 @@ from recsys.data.loaders import (
     read_ml100k_items,
     read_ml100k_users,
     read_movielens,
-    validate_interactions,
 )
+from recsys.data.formats.xc import read_xc
+from recsys.data.validation import validate_interactions
 from recsys.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for recsys.metrics: hand-worked examples, a loop reference, sklearn's NDCG."""
+"""Tests for recsys.eval.metrics: hand-worked examples, a loop reference, sklearn's NDCG."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.errors import ConfigError, DataError
-from recsys.metrics import evaluate, format_table, gini, hits_matrix, per_user_metrics
+from recsys.eval.metrics import evaluate, format_table, gini, hits_matrix, per_user_metrics
 
 # --------------------------------------------------------------------------------------
 # Worked example: N = 6 items, 4 queries, 4 results each.

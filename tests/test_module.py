@@ -1,4 +1,4 @@
-"""Tests for recsys.module: optimizer wiring and the learning-rate schedule."""
+"""Tests for recsys.model.module: optimizer wiring and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from functools import partial
 
 import torch
 
-from recsys.data.datamodule import Schema
-from recsys.module import TwoTowerModule
-from recsys.towers import ItemTower, QueryTower
+from recsys.model.module import TwoTowerModule
+from recsys.model.towers import ItemTower, QueryTower
+from recsys.schema import Schema
 
 
 def schema() -> Schema:
@@ -51,7 +51,7 @@ def test_prior_grid_needs_the_item_bias():
 
 
 def _prior_model(dm, grid):
-    from recsys.heads import InBatchSoftmax
+    from recsys.model.heads import InBatchSoftmax
 
     return TwoTowerModule(
         schema=dm.schema, head=InBatchSoftmax(temperature=0.5), prior_grid=grid, eval_ks=[5, 10],
@@ -78,7 +78,7 @@ def test_validation_chooses_the_prior_and_the_checkpoint_keeps_it(tiny_dm, tmp_p
     import lightning as L
     import numpy as np
 
-    from recsys.evaluation import embed_queries, evaluate_model, score
+    from recsys.eval.evaluate import embed_queries, evaluate_model, score
 
     grid = [0.0, 0.5, 2.0]
     m = _prior_model(tiny_dm, grid)

@@ -1,4 +1,4 @@
-"""recsys.optim: SparseAdam gives torch.optim.SparseAdam's update bit for bit; RowWiseAdagrad
+"""recsys.model.optim: SparseAdam gives torch.optim.SparseAdam's update bit for bit; RowWiseAdagrad
 matches a hand-computed / dense reference and touches only the batch's rows."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from recsys.optim import RowWiseAdagrad, SparseAdam
+from recsys.model.optim import RowWiseAdagrad, SparseAdam
 
 
 def _pair(n=500, d=8):
@@ -136,14 +136,14 @@ def test_rowwise_adagrad_dense_gradient_and_state_dict():
 
 
 def test_rowwise_adagrad_from_yaml_as_sparse_optimizer():
-    from recsys.cli import RecsysCLI
+    from recsys.train.cli import RecsysCLI
     from tests.conftest import REPO
 
     cli = RecsysCLI(args=["--config", str(REPO / "configs/synthetic/inbatch.yaml"),
                           "--data.synthetic.n_users=200", "--data.synthetic.n_items=100",
                           "--data.synthetic.n_clusters=4",
                           "--model.query_tower.init_args.sparse=true", "--model.item_tower.init_args.sparse=true",
-                          "--model.sparse_optimizer=recsys.optim.RowWiseAdagrad",
+                          "--model.sparse_optimizer=recsys.model.optim.RowWiseAdagrad",
                           "--model.sparse_optimizer.lr=0.07"], run=False)
     opt = cli.model.configure_optimizers()
     kinds = {type(o).__name__: o for o in opt.optimizers}

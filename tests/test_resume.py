@@ -33,7 +33,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
 def _cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "recsys.cli", *ARGS, f"--trainer.default_root_dir={root}",
+    return [sys.executable, "-m", "recsys.train.cli", *ARGS, f"--trainer.default_root_dir={root}",
             f"--trainer.logger.init_args.save_dir={root}", *extra]
 
 
@@ -61,6 +61,14 @@ def _assert_same_run(a: Path, b: Path) -> None:
     ca, cb = _last(a), _last(b)
     assert (ca["epoch"], ca["global_step"]) == (cb["epoch"], cb["global_step"])
     for k, t in ca["state_dict"].items():
+        if k.endswith("_extra_state"):  # the miner's index: embeddings, cells, counters
+            ea, eb = t, cb["state_dict"][k]
+            assert ea.keys() == eb.keys(), k
+            for f in ea:
+                if f != "last_refresh_seconds":  # a timing
+                    same = torch.equal(ea[f], eb[f]) if isinstance(ea[f], torch.Tensor) else ea[f] == eb[f]
+                    assert same, (k, f)
+            continue
         assert torch.equal(t, cb["state_dict"][k]), k  # bit-identical weights
     assert _final_val(a) == _final_val(b)  # identical validation metrics (as logged)
 
@@ -118,7 +126,7 @@ def test_resume_from_end_of_epoch_checkpoint_with_more_epochs(uninterrupted, tmp
 
 
 def test_every_checkpoint_carries_vocab_and_config(uninterrupted):
-    from recsys.checkpoint import read_checkpoint
+    from recsys.artifacts.checkpoint import read_checkpoint
 
     paths = sorted((_run_dir(uninterrupted) / "checkpoints").glob("*.ckpt"))
     assert {p.name for p in paths} >= {"last.ckpt"} and len(paths) >= 2  # best-*.ckpt too
@@ -131,7 +139,7 @@ def test_every_checkpoint_carries_vocab_and_config(uninterrupted):
 
 
 def test_vocab_mismatch_fails_clearly(uninterrupted):
-    from recsys.checkpoint import load_checkpoint
+    from recsys.artifacts.checkpoint import load_checkpoint
     from recsys.errors import DataError
 
     other = {"synthetic": {"n_users": 200, "n_items": 100, "n_clusters": 4, "seed": 7}}
@@ -142,7 +150,7 @@ def test_vocab_mismatch_fails_clearly(uninterrupted):
 # ------------------------------------------------------------------------ atomic writes
 WRITER = r"""
 import sys, torch
-from recsys.checkpointing import atomic_torch_save
+from recsys.train.checkpoint_io import atomic_torch_save
 i = 0
 while True:
     i += 1
@@ -153,7 +161,7 @@ while True:
 def test_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     """SIGKILL a writer while its temporary file is half written: the target still loads
     and holds a complete earlier save; the next save removes the dead writer's temp file."""
-    from recsys.checkpointing import atomic_torch_save
+    from recsys.train.checkpoint_io import atomic_torch_save
 
     target = tmp_path / "last.ckpt"
     p = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env=ENV, cwd=REPO)
@@ -178,8 +186,9 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_fit_trainer_uses_atomic_io_rng_state_and_latest_last_ckpt(tmp_path):
-    from recsys.checkpointing import AtomicCheckpointIO, RecsysCheckpoint, RngState
-    from recsys.cli import RecsysCLI
+    from recsys.train.callbacks import RngState
+    from recsys.train.checkpoint_io import AtomicCheckpointIO, RecsysCheckpoint
+    from recsys.train.cli import RecsysCLI
 
     cli = RecsysCLI(args=[*ARGS[1:], f"--trainer.default_root_dir={tmp_path}"], run=False)
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
@@ -189,7 +198,7 @@ def test_fit_trainer_uses_atomic_io_rng_state_and_latest_last_ckpt(tmp_path):
 
 
 def test_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
-    from recsys.checkpointing import AtomicCheckpointIO, atomic_torch_save
+    from recsys.train.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 
     target = tmp_path / "last.ckpt"
     atomic_torch_save({"v": 1}, target)
@@ -210,11 +219,11 @@ def test_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 def test_resolve_last_picks_the_newest_run_and_continues_in_its_folder(tmp_path):
     from jsonargparse import Namespace
 
-    from recsys.checkpointing import resolve_last
+    from recsys.train.resume import resolve_last
 
     def cfg():
         return Namespace(ckpt_path="last", checkpoint=Namespace(dirpath=None), trainer=Namespace(
-            default_root_dir=str(tmp_path), logger=Namespace(class_path="recsys.checkpointing.AppendingCSVLogger",
+            default_root_dir=str(tmp_path), logger=Namespace(class_path="recsys.train.checkpoint_io.AppendingCSVLogger",
                                                               init_args=Namespace(save_dir=str(tmp_path),
                                                                                   name="recsys", version=None))))
 
@@ -243,7 +252,7 @@ def test_resume_with_reused_ivf_cells(tmp_path):
     whole, part = tmp_path / "whole", tmp_path / "part"
     _fit(whole, *ivf)
     _fit(part, "--trainer.max_epochs=1", *ivf)
-    state = next(v for k, v in _last(part)["callbacks"].items() if "HardNegativeIndexState" in k)
+    state = _last(part)["state_dict"]["head.miner._extra_state"]  # the miner's index, in the model state
     assert state["centroids"].shape == (4, 64) and state["refresh_count"] % 3 != 1  # mid-cycle
     _fit(part, "--ckpt_path", "last", *ivf)
     _assert_same_run(whole, part)

@@ -1,4 +1,4 @@
-"""Tests for recsys.samplers: proposals, empirical frequencies, log q, binding."""
+"""Tests for recsys.model.candidates: proposals, empirical frequencies, log q, binding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recsys.errors import ConfigError
-from recsys.samplers import LogUniformSampler, PopularitySampler, UniformSampler
+from recsys.model.candidates import LogUniformSampler, PopularitySampler, UniformSampler
 
 COUNTS = np.array([0, 1, 3, 8, 15, 2], dtype=np.int64)  # N = 6 train counts
 

@@ -1,4 +1,4 @@
-"""Tests for recsys.towers: bags, sparse gradients, catalogue embedding, MLP, normalisation."""
+"""Tests for recsys.model.towers: bags, sparse gradients, catalogue embedding, MLP, normalisation."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.data.datamodule import Schema
 from recsys.errors import ConfigError
-from recsys.towers import ItemTower, QueryTower
+from recsys.model.towers import ItemTower, QueryTower
+from recsys.schema import Schema
 
 PAD = 7  # bag_size: the pad id of query bags
 
@@ -125,7 +125,7 @@ def test_missing_bag_raises():
 
 
 def test_mismatched_tower_dims_caught_by_module():
-    from recsys.module import TwoTowerModule
+    from recsys.model.module import TwoTowerModule
 
     with pytest.raises(ConfigError, match="dim=8.*dim=16.*Fix:"):
         TwoTowerModule(schema=schema(), query_tower=partial(QueryTower, dim=8),
@@ -176,7 +176,7 @@ def test_item_bias_is_one_more_inner_product_coordinate():
 
 
 def test_item_bias_on_one_tower_only_is_a_config_error():
-    from recsys.module import TwoTowerModule
+    from recsys.model.module import TwoTowerModule
 
     with pytest.raises(ConfigError, match="item_bias=True.*item_bias=False.*Fix:"):
         TwoTowerModule(schema=schema(), query_tower=partial(QueryTower, dim=4, item_bias=True),
@@ -184,8 +184,8 @@ def test_item_bias_on_one_tower_only_is_a_config_error():
 
 
 def test_bag_weights_start_as_the_mean_and_reweight_the_pool():
-    from recsys.data.datamodule import Schema
-    from recsys.towers import QueryTower
+    from recsys.model.towers import QueryTower
+    from recsys.schema import Schema
 
     s = Schema(n_users=3, n_items=6, bag_size=6)
     plain = QueryTower(s, dim=4, use_id=False, sparse=False)
@@ -205,8 +205,8 @@ def test_bag_weights_start_as_the_mean_and_reweight_the_pool():
 
 
 def test_residual_mlp_starts_as_the_linear_tower_and_then_adds_to_it():
-    from recsys.data.datamodule import Schema
-    from recsys.towers import QueryTower
+    from recsys.model.towers import QueryTower
+    from recsys.schema import Schema
 
     s = Schema(n_users=3, n_items=6, bag_size=6)
     linear = QueryTower(s, dim=4, sparse=False)
@@ -225,8 +225,8 @@ def test_residual_mlp_starts_as_the_linear_tower_and_then_adds_to_it():
 def test_part_norm_puts_every_part_on_one_scale():
     import torch.nn.functional as F
 
-    from recsys.data.datamodule import Schema
-    from recsys.towers import QueryTower
+    from recsys.model.towers import QueryTower
+    from recsys.schema import Schema
 
     s = Schema(n_users=3, n_items=6, bag_size=6)
     raw = QueryTower(s, dim=4, sparse=False)

@@ -12,7 +12,7 @@ head file the head's class runs with its defaults. The composed configs are writ
 (``data.seed``) stays that of ``BASE``, so every run sees the same train / valid / test.
 
 Every (head, seed) is trained, its best checkpoint (validation NDCG@10) reloaded and scored
-on test and validation over the whole catalogue; baselines (``recsys.baselines``) are fitted
+on test and validation over the whole catalogue; baselines (``recsys.eval.baselines``) are fitted
 once per seed on the same ``RecData``. Writes ``OUT/results.json`` (every run + mean / std
 over seeds), ``OUT/results.md`` (table), ``OUT/recall_at_k.png``, ``OUT/ndcg10_vs_time.png``.
 Arguments after ``--`` go to every run's LightningCLI, e.g. ``-- --data.batch_size=256``.
@@ -31,17 +31,15 @@ import resource
 import threading
 import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import psutil
 import yaml
 
-from recsys.errors import ConfigError
+from recsys.data.datasets import shared_cache
+from recsys.errors import ConfigError, MissingDependency
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def head_config(base: dict, head: str, folder: Path) -> tuple[dict, str]:
     """``base`` with ``head``'s block (from ``folder/<head>.yaml`` or the class defaults)."""
-    from recsys.heads import HEADS
+    from recsys.model.heads import HEADS
 
     cfg = copy.deepcopy(base)
     cfg.setdefault("model", {})
@@ -72,7 +70,7 @@ def head_config(base: dict, head: str, folder: Path) -> tuple[dict, str]:
         model = spec.get("model") or {}
         if "head" not in model:
             raise ConfigError(f"{path} has no model.head block: a head file names its head. Fix: add "
-                              "model: {head: {class_path: recsys.heads.<Head>, init_args: {...}}}.")
+                              "model: {head: {class_path: recsys.model.heads.<Head>, init_args: {...}}}.")
         for k in HEAD_KEYS:
             if k in model:
                 cfg["model"][k] = copy.deepcopy(model[k])
@@ -109,31 +107,7 @@ def run_config(cfg: dict, seed: int, run_dir: Path, max_epochs: int | None) -> d
     return cfg
 
 
-# ---- shared data and resource meters -------------------------------------------------------
-@contextmanager
-def shared_data():
-    """Load each distinct dataset once: every run's DataModule gets the same ``RecData``."""
-    from recsys.data import datamodule
-    from recsys.data.synthetic import SyntheticConfig
-
-    real, cache = datamodule.load_dataset, {}
-
-    def cached(name="synthetic", root=None, **kw):
-        if name == "synthetic":
-            s = kw.get("synthetic")
-            kw["synthetic"] = s if isinstance(s, SyntheticConfig) else SyntheticConfig(**(s or {}))
-            key_kw = {**kw, "synthetic": asdict(kw["synthetic"])}
-        else:
-            key_kw = kw
-        key = repr((name, str(root), sorted(key_kw.items())))
-        if key not in cache:
-            cache[key] = real(name, root, **kw)
-        return cache[key]
-
-    with mock.patch.object(datamodule, "load_dataset", cached):
-        yield cache
-
-
+# ---- resource meters ----------------------------------------------------------------------
 class PeakRSS:
     """Peak resident memory of this process during a block, sampled with psutil every ``dt`` s.
 
@@ -183,7 +157,7 @@ class PeakRSS:
 # ---- one run -------------------------------------------------------------------------
 def make_cli(cfg_path: Path, extra: list[str]):
     """``RecsysCLI(run=False)`` on one composed config (models, data and trainer built)."""
-    from recsys.cli import RecsysCLI
+    from recsys.train.cli import RecsysCLI
 
     with warnings.catch_warnings():  # `recsys compare`'s own argv is not meant for this CLI
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -195,7 +169,7 @@ def train_head(cfg_path: Path, extra: list[str], ks_req: list[int]) -> tuple[dic
     of ``ks_req``; returns (record, the run's RecData)."""
     import torch
 
-    from recsys.evaluation import evaluate_model
+    from recsys.eval.evaluate import evaluate_model
 
     with PeakRSS() as mem:
         cli = make_cli(cfg_path, extra)
@@ -222,7 +196,7 @@ def train_head(cfg_path: Path, extra: list[str], ks_req: list[int]) -> tuple[dic
 
 def fit_baseline(name: str, params: dict, seed: int, data, ks: tuple[int, ...]) -> dict:
     """Fit one baseline on ``data.train`` and score test and validation."""
-    from recsys.baselines import BASELINES, evaluate_baseline, make_baseline
+    from recsys.eval.baselines import BASELINES, evaluate_baseline, make_baseline
 
     kw = dict(params)
     if "seed" in inspect.signature(BASELINES[name]).parameters:
@@ -368,7 +342,7 @@ def run_baselines(baselines, seeds, params, data, ks_req, runs) -> dict:
         for seed in seeds:
             try:
                 rec = fit_baseline(name, params.get(name, {}), seed, data, curve_ks(ks_req, data.n_items))
-            except ConfigError as e:  # e.g. implicit missing, EASE over max_items
+            except (ConfigError, MissingDependency) as e:  # e.g. implicit missing, EASE over max_items
                 logger.warning("compare: skipping baseline %s: %s", name, e)
                 skipped[name] = str(e)
                 break
@@ -407,7 +381,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"--config {base_path}: file not found. Fix: e.g. --config configs/ml-1m/inbatch.yaml.")
     base = yaml.safe_load(base_path.read_text()) or {}
     heads, baselines, seeds = _parse_list(a.heads), _parse_list(a.baselines), _parse_seeds(a.seeds)
-    from recsys.baselines import BASELINES
+    from recsys.eval.baselines import BASELINES
 
     if bad := [b for b in baselines if b not in BASELINES]:
         raise ConfigError(f"--baselines {a.baselines!r}: {bad} unknown; valid: {list(BASELINES)}. "
@@ -421,7 +395,7 @@ def main(argv: list[str]) -> None:
     ks_req = sorted({*a.k, 10, 20})
     runs: list[dict] = []
     t_all = time.perf_counter()
-    with shared_data() as cache:
+    with shared_cache() as cache:  # every run's DataModule gets the same RecData
         sources, data = run_heads(heads, seeds, base, folder, out, a.max_epochs, extra, ks_req, runs)
         if data is None:  # baselines only: the data of the base config
             path = out / "configs" / "data.yaml"

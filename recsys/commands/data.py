@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from recsys.data.registry import NAMES, load_dataset
+from recsys.data.datasets import NAMES, load_dataset
 
 
 def main(argv: list[str]) -> None:

@@ -19,10 +19,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--root-dir", default="runs/demo", help="where checkpoints and logs go")
     a = p.parse_args(argv)
 
-    from recsys.baselines import Popularity, evaluate_baseline
-    from recsys.cli import RecsysCLI
-    from recsys.evaluation import evaluate_model
-    from recsys.metrics import format_table
+    from recsys.eval.baselines import Popularity, evaluate_baseline
+    from recsys.eval.evaluate import evaluate_model
+    from recsys.eval.metrics import format_table
+    from recsys.train.cli import RecsysCLI
 
     args = ["--config", str(CONFIGS / f"{a.head}.yaml"), f"--trainer.default_root_dir={a.root_dir}",
             f"--trainer.logger.init_args.save_dir={a.root_dir}", "--trainer.enable_progress_bar=false"]

@@ -39,9 +39,9 @@ def _finite(metrics: dict) -> dict:
 def evaluate_checkpoint(ckpt, split: str = "test", ks=(10, 20, 50), index: str = "exact",
                         index_params: dict | None = None, out=None, data_root=None) -> tuple[dict, str]:
     """Evaluate ``ckpt``, write ``eval_<split>.json`` / ``.md`` into ``out``; return (report, table)."""
-    from recsys.checkpoint import load_checkpoint
-    from recsys.evaluation import evaluate_model
-    from recsys.metrics import format_table
+    from recsys.artifacts.checkpoint import load_checkpoint
+    from recsys.eval.evaluate import evaluate_model
+    from recsys.eval.metrics import format_table
 
     ks = sorted({int(k) for k in ks})
     if split not in ("valid", "test"):

@@ -2,7 +2,7 @@
 
 DIR holds item / user embeddings, both vocabs, the seen-items CSR, a FAISS inner-product
 index (``--index flat|ivf|hnsw``), the query tower with its config, titles and a
-manifest.json with versions and sha256 checksums (see ``recsys.serving``). Written into
+manifest.json with versions and sha256 checksums (see ``recsys.artifacts.export``). Written into
 DIR.tmp and moved into place, so a failed export leaves no half folder; an existing
 non-empty DIR is replaced only with ``--force``.
 """
@@ -18,8 +18,8 @@ from recsys.commands.evaluate import parse_json_arg
 def export_checkpoint(ckpt, out, index: str = "flat", index_params: dict | None = None, force: bool = False,
                       data_root=None):
     """Load ``ckpt`` and write its export folder ``out``; returns the folder."""
-    from recsys.checkpoint import load_checkpoint
-    from recsys.serving import write_export
+    from recsys.artifacts.checkpoint import load_checkpoint
+    from recsys.artifacts.export import write_export
 
     model, dm, meta = load_checkpoint(ckpt, data_root)
     metrics = dict(meta.metrics)

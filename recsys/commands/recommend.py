@@ -14,7 +14,7 @@ from recsys.errors import ConfigError
 
 def recommender(ckpt=None, model=None, data_root=None):
     """A ``Recommender`` from a checkpoint or an export folder (exactly one of them)."""
-    from recsys.serving import Recommender
+    from recsys.artifacts.recommender import Recommender
 
     if (ckpt is None) == (model is None):
         raise ConfigError("pass exactly one of --ckpt (a `recsys fit` checkpoint) and --model (a "

@@ -1,38 +1,19 @@
-"""InteractionDataModule: train batches of (query, positive item) pairs and evaluation queries.
-
-A training example is one nonzero (u, i) of the train matrix. Its query is described by
-the user id, categorical user features and a bag of ids: the user's other train items
-(the target is left out, so the model never sees the answer in its input), or a
-document's words. Bags are padded to ``max_history`` with the pad index ``bag_size``.
-Batches are built whole in ``__getitems__`` (vectorised numpy), not example by example.
-"""
+"""InteractionDataModule: a dataset (by name, or built) served as train batches of (query,
+positive item) pairs and evaluation queries (``recsys.data.batches``), plus its ``Schema``."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from recsys.data.dataset import RecData
-from recsys.data.registry import load_dataset
+from recsys.data.batches import PairDataset, QueryDataset, batch_identity, pad_rows
+from recsys.data.datasets import load_dataset
+from recsys.data.recdata import RecData
 from recsys.data.synthetic import SyntheticConfig
 from recsys.errors import ConfigError
-
-
-@dataclass
-class Schema:
-    """Sizes the towers and heads need from the data (linked data -> model by the CLI)."""
-
-    n_users: int
-    n_items: int
-    bag_size: int  # ids in a query bag: N for item history, F for document words
-    user_feature_cards: list[int] = field(default_factory=list)  # categories per user field
-    n_item_feature_values: int = 0  # G, e.g. genres
-    item_feature_index: np.ndarray | None = None  # (N, Gmax) genre ids padded with G
-    item_counts: np.ndarray | None = None  # (N,) train frequency (logQ, samplers)
+from recsys.schema import Schema
 
 
 def make_schema(data: RecData) -> Schema:
@@ -46,93 +27,8 @@ def make_schema(data: RecData) -> Schema:
                   data.n_item_feature_values, fi, data.item_counts())
 
 
-def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None) -> np.ndarray:
-    """(B, H) int64 ids of CSR ``rows``, padded with ``pad``.
-
-    Rows longer than H: ``rng`` given -> H positions drawn uniformly (with replacement),
-    else H evenly spaced positions (deterministic). ``exclude_pos`` (B,) leaves out that
-    position of each row (the training target).
-    """
-    start = indptr[rows]
-    avail = indptr[rows + 1] - start - (0 if exclude_pos is None else 1)  # (B,)
-    grid = np.arange(H)[None, :]  # (1, H)
-    if rng is None:
-        pos = np.where(avail[:, None] > H, (grid * avail[:, None]) // H, grid)
-    else:
-        pos = np.where(avail[:, None] > H, (rng.random((len(rows), H)) * avail[:, None]).astype(np.int64), grid)
-    valid = grid < avail[:, None]  # (B, H)
-    if exclude_pos is not None:
-        pos = pos + (pos >= exclude_pos[:, None])
-    out = np.full((len(rows), H), pad, dtype=np.int64)
-    out[valid] = indices[(start[:, None] + pos)[valid]]
-    return out
-
-
-class PairDataset(Dataset):
-    """Training pairs; ``__getitems__`` builds a whole batch dict at once."""
-
-    def __init__(self, data: RecData, max_history: int, seed: int = 0):
-        self.data, self.H, self.seed = data, max_history, seed
-        tr = data.train
-        self.indptr, self.items = tr.indptr.astype(np.int64), tr.indices.astype(np.int64)
-        self.users = np.repeat(np.arange(tr.shape[0]), np.diff(tr.indptr))  # (nnz,)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, j):
-        return self.__getitems__([j])
-
-    def __getitems__(self, idx) -> dict:
-        idx = np.asarray(idx, dtype=np.int64)  # (B,) positions in the train CSR
-        u, i = self.users[idx], self.items[idx]
-        rng = np.random.default_rng([self.seed, int(idx[0]), int(idx[-1]), len(idx)])
-        batch = {"user": u, "item": i}
-        batch.update(query_inputs(self.data, u, self.H, rng=rng, target_pos=idx - self.indptr[u]))
-        return {k: torch.from_numpy(v) for k, v in batch.items()}
-
-
-def query_inputs(data: RecData, users: np.ndarray, H: int, rng=None, target_pos=None) -> dict:
-    """Bag (B, H) and user features (B, K) of ``users``; history bags leave ``target_pos`` out."""
-    out = {}
-    if H > 0:
-        if data.query_bags is not None:
-            m = data.query_bags
-            out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1], rng=rng)
-        else:
-            m = data.train
-            out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1],
-                                  exclude_pos=target_pos, rng=rng)
-    if data.user_features is not None:
-        out["user_feats"] = data.user_features[users]
-    return out
-
-
-class QueryDataset(Dataset):
-    """Evaluation queries (users with held-out items); deterministic bags."""
-
-    def __init__(self, data: RecData, users: np.ndarray, max_history: int):
-        self.data, self.users, self.H = data, users, max_history
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def __getitem__(self, j):
-        return self.__getitems__([j])
-
-    def __getitems__(self, idx) -> dict:
-        u = self.users[np.asarray(idx, dtype=np.int64)]
-        batch = {"user": u, **query_inputs(self.data, u, self.H)}
-        return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
-
-
-def _batch_identity(batch):
-    """collate_fn: ``__getitems__`` already returns a collated batch."""
-    return batch
-
-
 class InteractionDataModule(L.LightningDataModule):
-    """Loads a named dataset (``recsys.data.registry``) and serves train / eval batches.
+    """Loads a named dataset (``recsys.data.datasets``) and serves train / eval batches.
 
     Args:
         dataset: ``synthetic`` (embedded default), ``ml-100k``, ``ml-1m`` or ``bibtex``.
@@ -187,6 +83,18 @@ class InteractionDataModule(L.LightningDataModule):
         self.user_weight_power = user_weight_power
         self._data: RecData | None = None
 
+    @classmethod
+    def from_data(cls, data: RecData, **kwargs) -> InteractionDataModule:
+        """A data module serving an already built ``RecData`` (``kwargs``: the batching
+        arguments of ``__init__``; the loading ones are not used)::
+
+            dm = InteractionDataModule.from_data(from_interactions(df, "mine"), batch_size=512)
+        """
+        dm = cls(**kwargs)
+        dm.dataset = data.name
+        dm._data = data
+        return dm
+
     @property
     def data(self) -> RecData:
         """The loaded ``RecData`` (loaded on first access)."""
@@ -209,8 +117,8 @@ class InteractionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled pairs; the order of epoch e is a function of (seed, e) only, this process's
-        share of it under DDP, and the loader resumes mid-epoch (``recsys.distributed``)."""
-        from recsys.distributed import EpochSampler, ResumableLoader
+        share of it under DDP, and the loader resumes mid-epoch (``recsys.model.distributed``)."""
+        from recsys.data.sampler import EpochSampler, ResumableLoader
 
         trainer = getattr(self, "trainer", None)  # resumed fit: start at the restored epoch
         epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
@@ -222,7 +130,7 @@ class InteractionDataModule(L.LightningDataModule):
             weights = torch.from_numpy(n_u[ds.users] ** -self.user_weight_power)
         sampler = EpochSampler(ds, self.seed, epoch, weights=weights)
         return ResumableLoader(ds, batch_size=self.batch_size, sampler=sampler,
-                               generator=g, collate_fn=_batch_identity, num_workers=self.num_workers,
+                               generator=g, collate_fn=batch_identity, num_workers=self.num_workers,
                                persistent_workers=self.num_workers > 0)
 
     def eval_dataloader(self, split: str) -> DataLoader:
@@ -232,7 +140,7 @@ class InteractionDataModule(L.LightningDataModule):
             m = self.data.query_bags if self.data.query_bags is not None else self.data.train
             H = int(np.diff(m.indptr).max()) if self.max_history > 0 else 0
         ds = QueryDataset(self.data, self.eval_users(split), H)
-        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=_batch_identity)
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=batch_identity)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("valid")

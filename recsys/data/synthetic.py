@@ -10,6 +10,7 @@ few seconds. Deterministic by ``seed``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,9 +41,7 @@ def make_synthetic(cfg: SyntheticConfig | None = None, **overrides):
     users: DataFrame indexed by user with categorical ``segment`` and ``age``;
     planted: dict of arrays ``user_cluster`` (U,), ``item_cluster`` (N,), ``item_pop`` (N,).
     """
-    cfg = cfg or SyntheticConfig()
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    cfg = dataclasses.replace(cfg or SyntheticConfig(), **overrides)  # the caller's config is not changed
     if cfg.n_items < 2 * cfg.n_clusters or cfg.n_users < 1:
         raise ConfigError(
             f"synthetic n_items={cfg.n_items}, n_clusters={cfg.n_clusters}, n_users={cfg.n_users}: "

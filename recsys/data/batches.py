@@ -1,0 +1,102 @@
+"""Training and evaluation batches, built whole with vectorised numpy (no per-example Python).
+
+A training example is one nonzero (u, i) of the train matrix. Its query is described by
+the user id, categorical user features and a bag of ids: the user's other train items
+(the target is left out, so the model never sees the answer in its input), or a
+document's words. Bags are padded to ``max_history`` with the pad index ``bag_size``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from recsys.data.recdata import RecData
+
+__all__ = ["pad_rows", "query_inputs", "PairDataset", "QueryDataset", "batch_identity"]
+
+
+def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None) -> np.ndarray:
+    """(B, H) int64 ids of CSR ``rows``, padded with ``pad``.
+
+    Rows longer than H: ``rng`` given -> H positions drawn uniformly (with replacement),
+    else H evenly spaced positions (deterministic). ``exclude_pos`` (B,) leaves out that
+    position of each row (the training target).
+    """
+    start = indptr[rows]
+    avail = indptr[rows + 1] - start - (0 if exclude_pos is None else 1)  # (B,)
+    grid = np.arange(H)[None, :]  # (1, H)
+    if rng is None:
+        pos = np.where(avail[:, None] > H, (grid * avail[:, None]) // H, grid)
+    else:
+        pos = np.where(avail[:, None] > H, (rng.random((len(rows), H)) * avail[:, None]).astype(np.int64), grid)
+    valid = grid < avail[:, None]  # (B, H)
+    if exclude_pos is not None:
+        pos = pos + (pos >= exclude_pos[:, None])
+    out = np.full((len(rows), H), pad, dtype=np.int64)
+    out[valid] = indices[(start[:, None] + pos)[valid]]
+    return out
+
+
+class PairDataset(Dataset):
+    """Training pairs; ``__getitems__`` builds a whole batch dict at once."""
+
+    def __init__(self, data: RecData, max_history: int, seed: int = 0):
+        self.data, self.H, self.seed = data, max_history, seed
+        tr = data.train
+        self.indptr, self.items = tr.indptr.astype(np.int64), tr.indices.astype(np.int64)
+        self.users = np.repeat(np.arange(tr.shape[0]), np.diff(tr.indptr))  # (nnz,)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j):
+        return self.__getitems__([j])
+
+    def __getitems__(self, idx) -> dict:
+        idx = np.asarray(idx, dtype=np.int64)  # (B,) positions in the train CSR
+        u, i = self.users[idx], self.items[idx]
+        rng = np.random.default_rng([self.seed, int(idx[0]), int(idx[-1]), len(idx)])
+        batch = {"user": u, "item": i}
+        batch.update(query_inputs(self.data, u, self.H, rng=rng, target_pos=idx - self.indptr[u]))
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def query_inputs(data: RecData, users: np.ndarray, H: int, rng=None, target_pos=None) -> dict:
+    """Bag (B, H) and user features (B, K) of ``users``; history bags leave ``target_pos`` out."""
+    out = {}
+    if H > 0:
+        if data.query_bags is not None:
+            m = data.query_bags
+            out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1], rng=rng)
+        else:
+            m = data.train
+            out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1],
+                                  exclude_pos=target_pos, rng=rng)
+    if data.user_features is not None:
+        out["user_feats"] = data.user_features[users]
+    return out
+
+
+class QueryDataset(Dataset):
+    """Evaluation queries (users with held-out items); deterministic bags."""
+
+    def __init__(self, data: RecData, users: np.ndarray, max_history: int):
+        self.data, self.users, self.H = data, users, max_history
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, j):
+        return self.__getitems__([j])
+
+    def __getitems__(self, idx) -> dict:
+        u = self.users[np.asarray(idx, dtype=np.int64)]
+        batch = {"user": u, **query_inputs(self.data, u, self.H)}
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+
+
+def batch_identity(batch):
+    """collate_fn: ``__getitems__`` already returns a collated batch."""
+    return batch

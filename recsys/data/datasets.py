@@ -1,0 +1,217 @@
+"""The dataset registry: a name -> loader table (``DATASETS``) over the bundled datasets
+``synthetic`` (embedded, generated), ``ml-100k``, ``ml-1m`` and ``bibtex``.
+
+Real files are looked up under ``root``, else ``$RECSYS_DATA``, else ``~/.cache/recsys``,
+in the layout described in ``data/README.md`` (``ml-1m/ratings.dat`` from the official zip is
+used when present, else ``ml-1m/ratings_no_timestamp.dat.gz``). Missing files raise
+``DataError`` saying which files to place where (or call ``recsys.data.download.download``).
+
+``load_dataset(name, ...)`` looks the loader up and calls it with the protocol settings. A
+loader is a function ``(root, *, split, seed, rating_threshold, k_core, synthetic,
+side_features) -> RecData``; ``register(name)`` adds one.
+
+``shared_cache()`` is a context in which every distinct ``load_dataset`` call is loaded once
+and the same ``RecData`` is handed to every later identical call (``recsys compare`` trains
+every head on one copy of the data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsys.data import formats
+from recsys.data.preprocess import kcore, to_implicit
+from recsys.data.recdata import RecData, from_interactions
+from recsys.data.synthetic import SyntheticConfig, make_synthetic
+from recsys.data.vocab import Vocab
+from recsys.errors import ConfigError, DataError
+
+__all__ = ["DATASETS", "NAMES", "register", "data_root", "load_dataset", "load_bibtex", "load_interactions",
+           "shared_cache"]
+
+Loader = Callable[..., RecData]
+DATASETS: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: add ``fn`` to ``DATASETS`` under ``name``."""
+
+    def add(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+
+    return add
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """``root`` if given, else ``$RECSYS_DATA``, else ``~/.cache/recsys``."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("RECSYS_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "recsys"
+
+
+def _find(root: Path, name: str, candidates: list[str]) -> Path:
+    for c in candidates:
+        if (root / name / c).exists():
+            return root / name / c
+    from recsys.data.download import files_hint
+
+    raise DataError(
+        f"dataset '{name}': none of {candidates} found in {root / name}. "
+        f"Fix: {files_hint(name, root)}"
+    )
+
+
+_RATINGS = {"ml-100k": ["u.data", "u.data.gz"],
+            "ml-1m": ["ratings.dat", "ratings.dat.gz", "ratings_no_timestamp.dat.gz"]}
+
+
+def load_interactions(name: str, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The raw interaction frame of a named MovieLens dataset (before filtering)."""
+    if name not in _RATINGS:
+        raise ConfigError(f"dataset '{name}' has no interaction file. Fix: use ml-100k or ml-1m.")
+    return formats.read_movielens(_find(data_root(root), name, _RATINGS[name]))
+
+
+def _build(df, name, split, seed, rating_threshold, k_core, uf=None, itf=None, titles=None) -> RecData:
+    """The protocol: ratings >= threshold, iterative k-core, vocab, split."""
+    df = to_implicit(df, rating_threshold, source=name)
+    df = kcore(df, k_core, k_core, source=name)
+    return from_interactions(df, name, split=split, seed=seed, user_features=uf, item_features=itf,
+                             item_titles=titles)
+
+
+@register("synthetic")
+def _synthetic(root=None, *, split="random", seed=0, rating_threshold=3.0, k_core=10, synthetic=None,
+               side_features=True) -> RecData:
+    cfg = synthetic if isinstance(synthetic, SyntheticConfig) else SyntheticConfig(**(synthetic or {}))
+    df, items, users, planted = make_synthetic(cfg)
+    itf, uf = (items, users) if side_features else (None, None)
+    titles = items["title"] if "title" in items else None
+    data = _build(df, "synthetic", split, seed, rating_threshold, k_core, uf, itf, titles)
+    # re-index the planted truth to the vocab's contiguous ids
+    data.planted = {
+        "user_cluster": planted["user_cluster"][data.user_vocab.raw.to_numpy()],
+        "item_cluster": planted["item_cluster"][data.item_vocab.raw.to_numpy()],
+    }
+    return data
+
+
+def _movielens(name: str, item_reader, user_reader, item_file: str, user_file: str):
+    def load(root=None, *, split="random", seed=0, rating_threshold=3.0, k_core=10, synthetic=None,
+             side_features=True) -> RecData:
+        df = load_interactions(name, root)
+        r = data_root(root)
+        items = item_reader(_find(r, name, [item_file])).set_index("item")
+        users = user_reader(_find(r, name, [user_file]))
+        itf = items[["genres"]] if side_features else None
+        uf = users.set_index("user")[["gender", "age", "occupation"]] if side_features else None
+        return _build(df, name, split, seed, rating_threshold, k_core, uf, itf, items["title"])
+
+    load.__doc__ = f"MovieLens {name}: ratings, genres, titles and user demographics."
+    return register(name)(load)
+
+
+_movielens("ml-100k", formats.read_ml100k_items, formats.read_ml100k_users, "u.item", "u.user")
+_movielens("ml-1m", formats.read_ml1m_movies, formats.read_ml1m_users, "movies.dat", "users.dat")
+
+
+@register("bibtex")
+def _bibtex(root=None, *, split="random", seed=0, **_protocol) -> RecData:
+    return load_bibtex(root, seed=seed)
+
+
+NAMES = tuple(DATASETS)
+
+_CACHE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("recsys_dataset_cache", default=None)
+
+
+@contextlib.contextmanager
+def shared_cache() -> Iterator[dict]:
+    """Within the block, identical ``load_dataset`` calls return one shared ``RecData``.
+
+    Yields the cache (key -> RecData); its length is the number of distinct loads.
+    """
+    token = _CACHE.set({})
+    try:
+        yield _CACHE.get()
+    finally:
+        _CACHE.reset(token)
+
+
+def load_dataset(
+    name: str = "synthetic",
+    root: str | os.PathLike | None = None,
+    split: str = "random",
+    seed: int = 0,
+    rating_threshold: float | None = 3.0,
+    k_core: int = 10,
+    synthetic: SyntheticConfig | dict | None = None,
+    side_features: bool = True,
+) -> RecData:
+    """Load, filter (ratings >= threshold, iterative k-core), encode and split a dataset.
+
+    Defaults follow the protocol of docs/protocol.md (ratings >= 3, 10-core, per-user
+    random 8:1:1). ``seed`` is the split seed (and the generator seed of ``synthetic``
+    unless its config sets one).
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"dataset '{name}' is unknown; valid: {list(DATASETS)}. Fix: pick one of them.")
+    if name == "synthetic" and not isinstance(synthetic, SyntheticConfig):
+        synthetic = SyntheticConfig(**(synthetic or {}))
+    kw = dict(split=split, seed=seed, rating_threshold=rating_threshold, k_core=k_core, synthetic=synthetic,
+              side_features=side_features)
+    cache = _CACHE.get()
+    if cache is None:
+        return DATASETS[name](root, **kw)
+    key = repr((name, str(root), sorted({**kw, "synthetic": asdict(synthetic) if synthetic else None}.items())))
+    if key not in cache:
+        cache[key] = DATASETS[name](root, **kw)
+    return cache[key]
+
+
+def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac: float = 0.1) -> RecData:
+    """Bibtex as retrieval: documents are queries (bag of word features), labels are items.
+
+    The official train documents are split into train / validation documents
+    (``valid_frac``, seeded); the official test documents are the test queries. Held-out
+    documents have no train labels: they are described by their words only.
+    """
+    from recsys.data.formats import read_xc
+
+    r = data_root(root)
+    xtr, ytr = read_xc(_find(r, "bibtex", ["xc_train.txt.gz", "xc_train.txt"]))
+    xte, yte = read_xc(_find(r, "bibtex", ["xc_test.txt.gz", "xc_test.txt"]))
+    n_tr, n_te, L = xtr.shape[0], xte.shape[0], ytr.shape[1]
+    is_valid = np.zeros(n_tr, dtype=bool)
+    is_valid[np.random.default_rng(seed).permutation(n_tr)[: int(valid_frac * n_tr)]] = True
+    empty = sp.csr_matrix((n_te, L), dtype=np.float32)
+    ytr = sp.csr_matrix(ytr, dtype=np.float32)
+    keep = sp.diags(~is_valid * 1.0).dot(ytr).tocsr()
+    held = sp.diags(is_valid * 1.0).dot(ytr).tocsr()
+    zeros_tr = sp.csr_matrix((n_tr, L), dtype=np.float32)
+    train = _binary(sp.vstack([keep, empty]))
+    valid = _binary(sp.vstack([held, empty]))
+    test = _binary(sp.vstack([zeros_tr, sp.csr_matrix(yte, dtype=np.float32)]))
+    bags = _binary(sp.vstack([xtr, xte]))
+    user_vocab = Vocab(np.arange(n_tr + n_te), name="document")
+    item_vocab = Vocab(np.arange(L), name="label")
+    return RecData("bibtex", train, valid, test, user_vocab, item_vocab, query_bags=bags)
+
+
+def _binary(m) -> sp.csr_matrix:
+    m = sp.csr_matrix(m, dtype=np.float32)
+    m.eliminate_zeros()
+    m.sort_indices()
+    m.data[:] = 1.0
+    return m

@@ -1,0 +1,141 @@
+"""CSV / TSV / Parquet interaction files with a header, into the canonical frame
+(``recsys.data.validation``).
+
+Example::
+
+    df = read_interactions("ratings.csv", columns={"user": "userId", "item": "movieId",
+                                                   "rating": "rating", "time": "timestamp"})
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from recsys.data.io import PathLike, call_reader, data_error, require_file
+from recsys.data.validation import CANONICAL, ID_COLUMNS, validate_interactions
+from recsys.errors import ConfigError, DataError, missing_dependency
+
+__all__ = ["read_interactions"]
+
+_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+_BINARY_MAGIC = {b"PAR1": "a Parquet file", b"PK\x03\x04": "a zip archive"}
+
+
+def _infer_format(p: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        if fmt not in ("csv", "tsv", "parquet"):
+            raise ConfigError(f"format={fmt!r} for {p}: must be 'csv', 'tsv' or 'parquet'. "
+                              "Fix: pass one of those, or None to infer it from the suffix.")
+        return fmt
+    suffixes = [s.lower() for s in p.suffixes if s.lower() != ".gz"]
+    if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffixes[-1]]
+    raise data_error(p, "cannot infer the format from the suffix; .csv, .tsv, .parquet (text ones "
+               "optionally .gz) are recognised", "pass format='csv' / 'tsv' / 'parquet' (and "
+               "sep=), or use read_movielens for MovieLens .dat / u.data files")
+
+
+def _resolve_columns(
+    p: Path, available: list[str], columns: dict[str, str | None] | None, sep: str | None
+) -> dict[str, str]:
+    """canonical name -> file column, for the columns to load."""
+    mapping: dict[str, str | None] = {c: c for c in CANONICAL}
+    unknown = sorted(set(columns or {}) - set(CANONICAL))
+    if unknown:
+        raise ConfigError(f"columns={columns!r}: unknown canonical name(s) {unknown}; keys must "
+                          f"be among {list(CANONICAL)}. Fix: map canonical name -> column in "
+                          "the file, e.g. {'user': 'userId', 'item': 'movieId'}.")
+    mapping.update(columns or {})
+    wanted = {k: v for k, v in mapping.items() if v is not None}
+    absent = {k for k, v in wanted.items() if v not in available}
+    needed = [f"{k} -> {wanted[k]!r}" for k in CANONICAL
+              if k in absent and (k in ID_COLUMNS or k in (columns or {}))]
+    if needed and len(available) == 1:  # most likely the wrong separator
+        guesses = [s for s in (",", "\t", ";", "|", "::", " ") if s in available[0]]
+        hint = f"pass sep={guesses[0]!r}" if guesses else "pass the file's separator as sep="
+        raise data_error(p, f"has a single column {available[0]!r} when split on {sep!r}; user and "
+                   "item columns are required", f"{hint} (or format=) to match the file")
+    if needed:
+        raise data_error(p, f"mapped column(s) {needed} not found; columns present: {available}",
+                   "pass columns={canonical name: column in the file} naming existing columns")
+    wanted = {k: v for k, v in wanted.items() if k not in absent}  # optional, not in the file
+    if len(set(wanted.values())) != len(wanted):
+        raise ConfigError(f"columns={columns!r} for {p}: two canonical names map to the same "
+                          "file column. Fix: map user, item, rating, time to different columns.")
+    return wanted
+
+
+def read_interactions(
+    path: PathLike,
+    columns: dict[str, str | None] | None = None,
+    sep: str | None = None,
+    format: str | None = None,
+    dedupe: str | None = None,
+) -> pd.DataFrame:
+    """Read a CSV / TSV / Parquet interaction file with a header into the canonical frame.
+
+    Args:
+        path: ``.csv``, ``.tsv`` (each optionally ``.gz``; gzip is also detected from the
+            content) or ``.parquet`` file.
+        columns: canonical name -> column in the file, e.g. ``{"user": "userId", "item":
+            "movieId", "rating": "rating", "time": "timestamp"}``. Unmapped canonical names
+            default to themselves; rating and time are loaded only if such a column exists
+            (map one to None to skip it). Other columns in the file are ignored.
+        sep: field separator for text files (default "," for csv, tab for tsv).
+        format: "csv", "tsv" or "parquet"; None infers it from the suffix.
+        dedupe: None raises on duplicate (user, item[, time]) rows; "first"/"last" keeps one.
+
+    Returns:
+        The canonical interaction frame (see ``validate_interactions``).
+
+    Raises:
+        DataError: missing/empty/truncated file, wrong format, missing columns, bad values.
+    """
+    p = require_file(path)
+    fmt = _infer_format(p, format)
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if fmt == "parquet":
+        if head != b"PAR1":
+            raise data_error(p, f"is not a Parquet file (it starts with {head!r}, not b'PAR1')",
+                       "if it is CSV/TSV, rename it or pass format='csv' (or 'tsv')")
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:  # pyarrow is in the dev extra
+            raise missing_dependency("pyarrow", f"{p}: reading Parquet", extra="dev") from e
+        try:
+            wanted = _resolve_columns(p, list(pq.read_schema(p).names), columns, None)
+            df = pd.read_parquet(p, columns=list(wanted.values()))
+        except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+            if isinstance(e, DataError):
+                raise
+            raise data_error(p, f"is not a valid Parquet file ({e}); it may be truncated",
+                       "re-copy or re-export the file") from e
+    else:
+        if head in _BINARY_MAGIC:
+            fix = ("pass format='parquet' or rename it to .parquet" if head == b"PAR1"
+                   else "extract it first and read the file inside")
+            raise data_error(p, f"is {_BINARY_MAGIC[head]}, not a {fmt.upper()} text file", fix)
+        sep = sep or ("\t" if fmt == "tsv" else ",")
+        opts = dict(sep=sep, compression="gzip" if head[:2] == b"\x1f\x8b" else None,
+                    engine="c" if len(sep) == 1 else "python")
+        what = fmt.upper()
+        header = call_reader(p, what, lambda: pd.read_csv(p, nrows=0, **opts))
+        wanted = _resolve_columns(p, [str(c) for c in header.columns], columns, sep)
+        # Every column, not usecols: with usecols pandas silently drops the extra fields of a
+        # line longer than the header (shifted columns); see _read_csv_strict.
+        df = call_reader(p, what, lambda: _read_csv_strict(p, opts))[list(wanted.values())]
+    df = df.rename(columns={v: k for k, v in wanted.items()})
+    return validate_interactions(df, str(p), dedupe=dedupe)
+
+
+def _read_csv_strict(p: Path, opts: dict) -> pd.DataFrame:
+    """``pd.read_csv`` where a line with more fields than the header is an error: pandas
+    raises ParserError when some lines are longer, and with ``index_col=False`` warns
+    (here: raises ParserWarning) when all are, instead of taking the first field as the index."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        return pd.read_csv(p, index_col=False, **opts)

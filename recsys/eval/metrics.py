@@ -1,0 +1,225 @@
+"""Top-k ranking metrics over numpy / CSR arrays (no torch, no Lightning).
+
+Inputs, named as in faiss contrib:
+
+- ``I`` (Q, K) int64: the top-K item ids of each query, best first; ``-1`` pads rows that
+  have fewer than K results (a pad is never a hit). Ids within a row must be distinct.
+- ``truth`` scipy.sparse CSR (Q, N): the held-out items of each query (stored nonzero =
+  relevant; explicit zeros are not relevant).
+
+Protocol (RecBole "general recommendation", docs/protocol.md), for a user with
+``n = |held-out|`` and ``hit_i = 1`` when the item at rank ``i`` (0-based) is held out:
+
+    Recall@k    = sum_{i<k} hit_i / n
+    Precision@k = sum_{i<k} hit_i / k
+    HitRate@k   = 1 if any hit_i else 0
+    MRR@k       = 1 / (1 + first i with hit_i) or 0 if no hit in the top k
+    NDCG@k      = DCG@k / IDCG@k,  DCG@k = sum_{i<k} hit_i / log2(i + 2),
+                  IDCG@k = sum_{i < min(k, n)} 1 / log2(i + 2)   (binary gains)
+
+Means are over users with at least one held-out item; users without one are excluded,
+not counted as zero. Catalogue metrics (coverage, popularity, Gini) are over all queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.stats import rankdata
+
+from recsys.errors import ConfigError, DataError
+from recsys.numeric import gini
+from recsys.retrieval.keys import member
+
+__all__ = ["hits_matrix", "per_user_metrics", "evaluate", "format_table", "RANK_METRICS"]
+
+# The per-user ranking metrics, in the order they appear in tables.
+RANK_METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
+
+
+def _check_inputs(I: np.ndarray, truth: sp.spmatrix) -> tuple[np.ndarray, sp.csr_matrix]:
+    """Validate shapes and id ranges; return ``I`` as int64 and ``truth`` as CSR."""
+    I = np.asarray(I)
+    if I.ndim != 2 or not np.issubdtype(I.dtype, np.integer):
+        raise DataError(
+            f"I has shape {I.shape} and dtype {I.dtype}: top-k ids must be a 2-D integer "
+            "array (Q, k). Fix: pass the I returned by Retriever.search."
+        )
+    if not sp.issparse(truth):
+        raise DataError(
+            f"truth is a {type(truth).__name__}: it must be a scipy.sparse matrix (Q, N). "
+            "Fix: build it with scipy.sparse.csr_matrix."
+        )
+    truth = sp.csr_matrix(truth)
+    if not truth.has_canonical_format:  # duplicates would count an item twice
+        truth = truth.copy()
+        truth.sum_duplicates()
+    if truth.shape[0] != I.shape[0]:
+        raise DataError(
+            f"I has {I.shape[0]} rows but truth has {truth.shape[0]}: each query needs one "
+            "row of held-out items. Fix: slice truth to the evaluated users."
+        )
+    N = truth.shape[1]
+    if I.size and (I.min() < -1 or I.max() >= N):
+        raise DataError(
+            f"I has ids in [{I.min()}, {I.max()}]: ids must lie in [0, N={N}) or be the -1 "
+            "pad. Fix: map ids with the same vocabulary as truth."
+        )
+    return I.astype(np.int64, copy=False), truth
+
+
+def _check_k(k: int, I: np.ndarray) -> None:
+    if not 1 <= k <= I.shape[1]:
+        raise ConfigError(
+            f"k={k} but I holds {I.shape[1]} results per query: need 1 <= k <= I.shape[1]. "
+            f"Fix: search with k >= {k} or drop k={k} from ks."
+        )
+
+
+def _n_relevant(truth: sp.csr_matrix) -> np.ndarray:
+    """(Q,) number of relevant items per row (stored zeros do not count)."""
+    rows = np.repeat(np.arange(truth.shape[0]), np.diff(truth.indptr))
+    return np.bincount(rows[truth.data != 0], minlength=truth.shape[0])
+
+
+def hits_matrix(I: np.ndarray, truth: sp.spmatrix) -> np.ndarray:
+    """hits[q, j] = True when ``I[q, j]`` is a relevant item of row ``q`` of ``truth``.
+
+    Vectorised as one binary search (``recsys.retrieval.keys.member``: flat keys
+    ``q * N + I[q, j]`` looked up in the sorted keys of the CSR nonzeros, O(Q k log nnz));
+    ``-1`` pads are never hits.
+
+    >>> import scipy.sparse as sp
+    >>> hits_matrix(np.array([[2, 0, -1]]), sp.csr_matrix(np.array([[1, 0, 1]])))
+    array([[ True,  True, False]])
+    """
+    I, truth = _check_inputs(I, truth)
+    return member(I, truth)
+
+
+def _check_distinct(I: np.ndarray) -> None:
+    s = np.sort(I, axis=1)
+    dup = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+    if dup.any():
+        q = int(np.flatnonzero(dup.any(axis=1))[0])
+        raise DataError(
+            f"row {q} of I repeats an item id ({I[q].tolist()[:20]}...): a ranking lists each "
+            "item once, otherwise a hit is counted twice. Fix: de-duplicate the top-k ids."
+        )
+
+
+def per_user_metrics(
+    I: np.ndarray, truth: sp.spmatrix, ks: Sequence[int] = (10, 20)
+) -> dict[str, np.ndarray]:
+    """Per-user Recall / NDCG / MRR / HitRate / Precision at each k, for significance tests.
+
+    Returns arrays keyed ``"recall@10"``, ``"ndcg@10"``, ``"mrr@10"``, ``"hit@10"``,
+    ``"precision@10"`` (one per k in ``ks``), each (U,) float64 for the U users that have
+    at least one held-out item, plus ``"users"`` (U,) int64: their row indices in ``I``.
+    Formulas in the module docstring.
+    """
+    I, truth = _check_inputs(I, truth)
+    for k in ks:
+        _check_k(k, I)
+    _check_distinct(I)
+    n_rel = _n_relevant(truth)  # (Q,)
+    users = np.flatnonzero(n_rel > 0)
+    hits = hits_matrix(I[users], truth[users])  # (U, K)
+    n = n_rel[users].astype(np.float64)  # (U,)
+    discount = 1.0 / np.log2(np.arange(I.shape[1]) + 2.0)  # (K,)
+    # ideal_cum[m] = IDCG with m relevant items in the list (ideal_cum[0] = 0)
+    ideal_cum = np.concatenate([[0.0], np.cumsum(discount)])  # (K + 1,)
+    out: dict[str, np.ndarray] = {"users": users.astype(np.int64)}
+    for k in ks:
+        h = hits[:, :k]  # (U, k)
+        n_hits = h.sum(axis=1).astype(np.float64)  # (U,)
+        first = h.argmax(axis=1)  # (U,) rank of the first hit (0 when none; masked below)
+        dcg = h @ discount[:k]  # (U,)
+        idcg = ideal_cum[np.minimum(n_rel[users], k)]  # (U,) > 0 since n >= 1
+        out[f"recall@{k}"] = n_hits / n
+        out[f"ndcg@{k}"] = dcg / idcg
+        out[f"mrr@{k}"] = np.where(n_hits > 0, 1.0 / (first + 1.0), 0.0)
+        out[f"hit@{k}"] = (n_hits > 0).astype(np.float64)
+        out[f"precision@{k}"] = n_hits / k
+    return out
+
+
+def evaluate(
+    I: np.ndarray,
+    truth: sp.spmatrix,
+    ks: Sequence[int] = (10, 20),
+    item_counts: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Mean ranking metrics plus catalogue-level metrics at each k in ``ks``.
+
+    Ranking metrics (``recall@k``, ``ndcg@k``, ``mrr@k``, ``hit@k``, ``precision@k``) are
+    means of :func:`per_user_metrics` over users with held-out items. Over all Q queries:
+
+    - ``coverage@k``: distinct items in the top-k lists / N.
+    - ``gini@k``: Gini coefficient of the exposure counts of all N items in the top-k
+      lists (items never recommended count as 0 exposure).
+    - ``popularity@k`` (only with ``item_counts`` (N,), the train frequency of each item):
+      mean train frequency of the recommended items, pads ignored;
+      ``popularity_pct@k``: mean popularity percentile of the recommended items, where the
+      percentile of an item is (rank of its count among the N items, ties averaged, minus 1)
+      / (N - 1): 0 = least popular, 1 = most popular, 0.5 for all-equal counts.
+    """
+    I, truth = _check_inputs(I, truth)
+    N = truth.shape[1]
+    per_user = per_user_metrics(I, truth, ks)
+    if per_user["users"].size == 0:
+        raise DataError(
+            f"none of the {I.shape[0]} queries has a held-out item: the means are undefined. "
+            "Fix: evaluate users that have validation / test interactions."
+        )
+    if item_counts is not None:
+        item_counts = np.asarray(item_counts, dtype=np.float64)
+        if item_counts.shape != (N,):
+            raise DataError(
+                f"item_counts has shape {item_counts.shape}: it needs one train count per "
+                f"item, shape ({N},). Fix: pass the DataModule's item counts."
+            )
+        pct = (rankdata(item_counts, method="average") - 1.0) / max(N - 1, 1)
+        if N == 1:
+            pct[:] = 0.5
+    out: dict[str, float] = {}
+    for k in ks:
+        for name in RANK_METRICS:
+            out[f"{name}@{k}"] = float(per_user[f"{name}@{k}"].mean())
+        top = I[:, :k]
+        rec = top[top >= 0]  # recommended ids, all queries, pads dropped
+        exposure = np.bincount(rec, minlength=N)  # (N,)
+        out[f"coverage@{k}"] = float(np.count_nonzero(exposure) / N)
+        out[f"gini@{k}"] = gini(exposure)
+        if item_counts is not None:
+            empty = rec.size == 0
+            out[f"popularity@{k}"] = float("nan") if empty else float(item_counts[rec].mean())
+            out[f"popularity_pct@{k}"] = float("nan") if empty else float(pct[rec].mean())
+    return out
+
+
+def format_table(
+    rows: dict[str, dict[str, float]], metrics: list[str], digits: int = 4
+) -> str:
+    """Markdown table: one row per model (the keys of ``rows``), one column per metric.
+
+    A metric missing from a model's dict prints as ``-``.
+
+    >>> print(format_table({"pop": {"recall@10": 0.07}}, ["recall@10", "ndcg@10"]))
+    | model | recall@10 | ndcg@10 |
+    |---|---|---|
+    | pop | 0.0700 | - |
+    """
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    lines = [
+        "| model | " + " | ".join(metrics) + " |",
+        "|---" * (len(metrics) + 1) + "|",
+    ]
+    for name, values in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(values.get(m)) for m in metrics) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Negative samplers: which items to score, with the log of their expected count.
+
+``sample(M)`` returns ``(ids (M,), log_q (M,))`` where ``log_q[j] = log E[#times ids[j]
+is drawn in one call]`` (= log(M p_j) for M draws with replacement from p). Subtracting it
+from the logits is the logQ correction (``recsys.model.corrections.subtract_log_q``). Every
+sampler draws from an inverse CDF with ``torch.searchsorted``: O(M log N) per call, so the
+cost of a step does not grow with the catalogue beyond a log.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.errors import ConfigError
+
+
+class Sampler(nn.Module):
+    """Base: holds the (N,) proposal ``probs`` as a buffer once ``bind`` has run."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("probs", torch.empty(0), persistent=False)
+        self.register_buffer("cdf", torch.empty(0, dtype=torch.float64), persistent=False)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.probs)
+
+    def bind(self, counts: np.ndarray) -> None:
+        """Set the proposal from train item counts (N,)."""
+        p = torch.as_tensor(self.proposal(np.asarray(counts, dtype=np.float64)), dtype=torch.float64)
+        p = p / p.sum()
+        self.probs = p.float().to(self.probs.device)
+        self.cdf = torch.cumsum(p, 0).to(self.probs.device)
+
+    def proposal(self, counts: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_bound(self) -> None:
+        if self.n_items == 0:
+            raise ConfigError(
+                f"{type(self).__name__} used before bind(counts): it has no proposal yet. "
+                "Fix: call head.bind(schema, known) (TwoTowerModule.setup does) first."
+            )
+
+    def sample(self, M: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """M draws with replacement: ids (M,) int64 and log expected counts (M,)."""
+        self._check_bound()
+        u = torch.rand(M, generator=generator, dtype=torch.float64).to(self.cdf.device) * self.cdf[-1]
+        ids = torch.searchsorted(self.cdf, u).clamp_(max=self.n_items - 1)
+        return ids, torch.log(M * self.probs[ids])
+
+    def log_q(self, ids: torch.Tensor, M: int) -> torch.Tensor:
+        """log expected count of ``ids`` in M draws (used for mixtures)."""
+        self._check_bound()
+        return torch.log(M * self.probs[ids])
+
+
+class UniformSampler(Sampler):
+    """p_j = 1 / N. ``replacement=False`` draws M distinct items (inclusion prob. M / N)."""
+
+    def __init__(self, replacement: bool = True):
+        super().__init__()
+        self.replacement = replacement
+
+    def sample(self, M: int, generator: torch.Generator | None = None):
+        if self.replacement:
+            return super().sample(M, generator)
+        self._check_bound()
+        if M > self.n_items:
+            raise ConfigError(
+                f"num_negatives={M} without replacement exceeds the catalogue N={self.n_items}. "
+                "Fix: num_negatives <= N or replacement=True."
+            )
+        ids = torch.randperm(self.n_items, generator=generator)[:M].to(self.probs.device)
+        return ids, torch.full((M,), math.log(M / self.n_items), device=self.probs.device)
+
+    def proposal(self, counts: np.ndarray) -> np.ndarray:
+        return np.ones_like(counts)
+
+
+class PopularitySampler(Sampler):
+    """p_j proportional to (count_j + 1) ** alpha (alpha = 0.75 as in word2vec; 1 = unigram)."""
+
+    def __init__(self, alpha: float = 0.75):
+        super().__init__()
+        self.alpha = alpha
+
+    def proposal(self, counts: np.ndarray) -> np.ndarray:
+        return (counts + 1.0) ** self.alpha
+
+
+class LogUniformSampler(Sampler):
+    """Zipfian over popularity ranks: p(rank r) = log((r + 2) / (r + 1)) / log(N + 1).
+
+    The sampler of TensorFlow's ``log_uniform_candidate_sampler`` (Jean et al. 2015), with
+    items ranked by train frequency (rank 0 = most popular).
+    """
+
+    def proposal(self, counts: np.ndarray) -> np.ndarray:
+        N = len(counts)
+        rank = np.empty(N, dtype=np.int64)
+        rank[np.argsort(-counts, kind="stable")] = np.arange(N)
+        return np.log((rank + 2.0) / (rank + 1.0)) / math.log(N + 1.0)
+
+
+SAMPLERS = {"uniform": UniformSampler, "popularity": PopularitySampler, "log_uniform": LogUniformSampler}

@@ -1,0 +1,21 @@
+"""Loss heads behind one interface: ``head(q, batch, item_tower) -> HeadOutput``."""
+
+from recsys.model.heads.base import Head, HeadOutput, KnownPositives, Temperature
+from recsys.model.heads.full import FullSoftmax
+from recsys.model.heads.hard import HardNegativeSoftmax
+from recsys.model.heads.inbatch import InBatchSoftmax, StreamingFrequency
+from recsys.model.heads.sampled import SampledSoftmax
+from recsys.model.heads.sigmoid import MultiLabelSigmoid
+
+HEADS = {
+    "full": FullSoftmax,
+    "sigmoid": MultiLabelSigmoid,
+    "sampled": SampledSoftmax,
+    "inbatch": InBatchSoftmax,
+    "hard": HardNegativeSoftmax,
+}
+
+__all__ = [
+    "Head", "HeadOutput", "KnownPositives", "Temperature", "FullSoftmax", "HardNegativeSoftmax",
+    "InBatchSoftmax", "StreamingFrequency", "SampledSoftmax", "MultiLabelSigmoid", "HEADS",
+]

@@ -1,0 +1,151 @@
+"""The head interface, temperature, and the known-positives lookup shared by all heads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.errors import ConfigError
+from recsys.model.corrections import corrected_logits
+
+
+class Temperature(nn.Module):
+    """Softmax temperature T (logits are divided by T), fixed or learnable.
+
+    Learnable T is log-parametrised (``log T`` is the parameter, so T stays positive) and
+    clamped to ``[min_value, max_value]`` (default [0.01, 10]); outside that range its
+    gradient is zero. With L2-normalised towers T ~ 0.05-0.2 is typical; with raw dot
+    products T ~ 1.
+    """
+
+    def __init__(self, value: float = 1.0, learnable: bool = False,
+                 min_value: float = 0.01, max_value: float = 10.0):
+        super().__init__()
+        if not (value > 0 and 0 < min_value <= value <= max_value):
+            raise ConfigError(
+                f"temperature={value} (range [{min_value}, {max_value}]): the temperature must be "
+                "> 0 and inside its range. Fix: e.g. temperature=0.1 (normalised towers) or 1.0."
+            )
+        self.min_value, self.max_value, self.learnable = min_value, max_value, learnable
+        t = torch.tensor(math.log(value))
+        if learnable:
+            self.log_t = nn.Parameter(t)
+        else:
+            self.register_buffer("log_t", t)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_t.exp().clamp(self.min_value, self.max_value)
+
+
+class KnownPositives:
+    """Membership test "is item j a train positive of user u" on sorted int64 keys u*N+j."""
+
+    def __init__(self, train: sp.csr_matrix):
+        self.csr = train.tocsr()
+        self.N = train.shape[1]
+        rows = np.repeat(np.arange(train.shape[0], dtype=np.int64), np.diff(self.csr.indptr))
+        self.keys = torch.from_numpy(rows * self.N + self.csr.indices.astype(np.int64))  # sorted
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """users (B,), items (C,) or (B, C) -> bool (B, C)."""
+        if items.dim() == 1:
+            items = items[None, :].expand(len(users), -1)
+        keys = self.keys.to(users.device)
+        q = users[:, None] * self.N + items  # (B, C)
+        if len(keys) == 0:  # no train positives at all
+            return torch.zeros_like(q, dtype=torch.bool)
+        pos = torch.searchsorted(keys, q).clamp_(max=len(keys) - 1)
+        return keys[pos] == q
+
+    def rows(self, users: np.ndarray) -> sp.csr_matrix:
+        """(B, N) CSR of the users' train items (for index search exclusion)."""
+        return self.csr[users]
+
+    def pairs(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row in the batch, item) int64 pairs (P,), (P,) of the users' train items, on
+        ``users``' device, rows ascending (multi-hot labels, softmax masks)."""
+        m = self.rows(users.cpu().numpy())  # (B, N) CSR
+        rows = torch.from_numpy(np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)))
+        cols = torch.from_numpy(m.indices.astype(np.int64))
+        return rows.to(users.device), cols.to(users.device)
+
+
+@dataclass
+class HeadOutput:
+    """A head's loss and the diagnostics it logs (scalars)."""
+
+    loss: torch.Tensor
+    logs: dict = field(default_factory=dict)
+
+
+class Head(nn.Module):
+    """Interface: ``forward(q, batch, item_tower) -> HeadOutput``.
+
+    ``bind(schema, known)`` runs once before training with the data's sizes, item counts
+    and train positives. Every softmax head owns a ``Temperature`` and logs: loss,
+    temperature, mean positive and negative logit, accidental-hit rate and effective
+    negatives per example.
+    """
+
+    def __init__(self, temperature: float = 1.0, learn_temperature: bool = False):
+        super().__init__()
+        self.temperature = Temperature(temperature, learn_temperature)
+        self.known: KnownPositives | None = None
+        self.n_items = 0
+
+    def bind(self, schema, known: KnownPositives) -> None:
+        """Attach the data (called by ``TwoTowerModule.setup``)."""
+        self.known, self.n_items = known, schema.n_items
+
+    def callbacks(self) -> list:
+        """Lightning callbacks the head needs during training (none by default)."""
+        return []
+
+    def size_checks(self, n_items: int) -> list[tuple[str, int, int, str]]:
+        """``(argument, value, bound, fix)``: counts that must satisfy 1 <= value < bound for a
+        catalogue of ``n_items`` (``check_head_sizes`` raises otherwise); none by default."""
+        return []
+
+    def softmax_loss(self, pos, neg, log_q_pos=None, log_q_neg=None, hits=None, hardest=None,
+                     extra_logs: dict | None = None, drop=None) -> HeadOutput:
+        """Cross-entropy with the positive in column 0, after the corrections; plus logs.
+
+        pos (B,), neg (B, C) raw scores q . v. ``hits`` (B, C): accidental hits / known
+        positives, masked and counted in ``accidental_hit_rate``. ``drop`` (B, C): columns
+        that are masked but are not negatives at all (the row's own positive among the
+        in-batch candidates, padding), so they are left out of that rate.
+        """
+        T = self.temperature()
+        removed = hits if drop is None else (drop if hits is None else hits | drop)
+        logits = corrected_logits(pos, neg, T, log_q_pos, log_q_neg, removed, hardest)  # (B, 1 + C)
+        loss = F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+        with torch.no_grad():
+            kept = torch.isfinite(logits[:, 1:])  # (B, C') negatives that carry mass
+            live = ~removed if removed is not None else torch.ones_like(neg, dtype=torch.bool)
+            candidates = ~drop if drop is not None else torch.ones_like(neg, dtype=torch.bool)
+            rate = torch.tensor(0.0, device=pos.device)
+            if hits is not None:  # share of real candidates that were accidental hits
+                rate = (hits & candidates).sum().float() / candidates.sum().clamp(min=1)
+            logs = {
+                "temperature": T.detach(),
+                "pos_logit": pos.mean(),
+                "neg_logit": neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
+                "accidental_hit_rate": rate,
+                "effective_negatives": kept.sum(1).float().mean(),
+            }
+            logs.update(extra_logs or {})
+        return HeadOutput(loss, logs)
+
+    def hits_mask(self, users, pos_items, cand, mask_known: bool) -> torch.Tensor:
+        """(B, C) True where a candidate equals the positive or (optionally) a known positive."""
+        cand2 = cand if cand.dim() == 2 else cand[None, :]
+        hits = cand2 == pos_items[:, None]
+        if mask_known and self.known is not None:
+            hits = hits | self.known.contains(users, cand)
+        return hits

@@ -1,0 +1,101 @@
+"""Multi-label sigmoid: every (query, item) pair an independent binary label, BCE."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.model.chunked import chunked_softplus_sum
+from recsys.model.heads.base import Head, HeadOutput
+
+
+class MultiLabelSigmoid(Head):
+    """Binary cross-entropy with logits l_j = q . v_j / T + b (one global bias b).
+
+    Full mode (``num_negatives=None``): the labels are the query's train items (multi-hot),
+    every other item is a 0. Per example
+        loss = sum_j softplus(l_j) - sum_{j in P(u)} l_j
+    over all N items (BCE with logits, since softplus(l) - y l = BCE(l, y)), computed in
+    (B, chunk) blocks. This is the one-vs-rest view of extreme multi-label classification.
+
+    Sampled mode (``num_negatives=k``): the example's positive plus k uniform negatives
+    shared across the batch; negatives that are known positives of the query are dropped;
+    each kept negative is weighted by ``negative_weight`` (default N / k):
+        loss = softplus(-l_+) + w * sum_{j in S, j not in P(u)} softplus(l_j)
+    Each of the k draws is uniform over all N items, so
+        E[sum_{j in S, j not in P(u)} softplus(l_j)] = (k / N) sum_{j not in P(u)} softplus(l_j)
+    and w = N / k makes the sampled negative term an unbiased estimate of the full one
+    (the known positives a draw may hit are dropped, not redrawn, hence N and not N - 1).
+    Set ``negative_weight=1`` for the classic unweighted form.
+
+    Args:
+        temperature / learn_temperature: logit scale 1 / T (sigmoid heads have one too).
+        num_negatives: None for full mode, else k.
+        negative_weight: weight of each sampled negative (sampled mode only).
+        chunk: items per block in full mode.
+    """
+
+    def __init__(self, temperature: float = 1.0, learn_temperature: bool = False,
+                 num_negatives: int | None = None, negative_weight: float | None = None,
+                 chunk: int = 8192):
+        super().__init__(temperature, learn_temperature)
+        self.num_negatives, self.negative_weight, self.chunk = num_negatives, negative_weight, chunk
+        self.bias = nn.Parameter(torch.tensor(0.0))
+
+    def size_checks(self, n_items: int) -> list[tuple[str, int, int, str]]:
+        if self.num_negatives is None:
+            return []
+        return [("num_negatives", self.num_negatives, n_items, "set num_negatives=null for the full (all items) mode")]
+
+    def bind(self, schema, known) -> None:
+        super().bind(schema, known)
+        if schema.item_counts is not None:  # start at the base rate: sigmoid(b) = mean density
+            rate = float(np.asarray(schema.item_counts).sum()) / (schema.n_users * schema.n_items)
+            with torch.no_grad():
+                self.bias.fill_(math.log(max(rate, 1e-8) / (1 - min(rate, 0.5))))
+
+    def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
+        T = self.temperature()
+        users, items = batch["user"], batch["item"]
+        if self.num_negatives is None:
+            return self._full(q / T, users, item_tower, T)
+        return self._sampled(q / T, users, items, item_tower, T)
+
+    def _full(self, qs, users, item_tower, T) -> HeadOutput:
+        v_all = item_tower.all()  # (N, D)
+        r, j = self.known.pairs(users.cpu())  # (P,), (P,) multi-hot labels
+        ones = torch.ones(len(j), dtype=v_all.dtype)
+        Y = torch.sparse_coo_tensor(torch.stack([r, j]), ones, (len(users), v_all.shape[0]),
+                                    is_coalesced=True, check_invariants=False).to(qs.device)  # (B, N) labels
+        # sum over labels of q_u . v_j = sum_u q_u . (Y V)_u: one sparse matmul, whose backward
+        # is another (a gather / scatter over the P ~ B x |P(u)| labels is ~5x slower on CPU)
+        pos_sum = (qs * torch.sparse.mm(Y, v_all)).sum() + self.bias * len(j)
+        neg_all = chunked_softplus_sum(qs, v_all, self.bias, self.chunk)  # (B,)
+        loss = (neg_all.sum() - pos_sum) / len(users)
+        with torch.no_grad():
+            logs = {"temperature": T.detach(), "pos_logit": pos_sum / max(1, len(j)),
+                    "neg_logit": (qs @ v_all.mean(0)).mean() + self.bias,
+                    "accidental_hit_rate": torch.tensor(0.0),
+                    "effective_negatives": torch.tensor(float(v_all.shape[0]) - len(j) / len(users))}
+        return HeadOutput(loss, logs)
+
+    def _sampled(self, qs, users, items, item_tower, T) -> HeadOutput:
+        k = self.num_negatives
+        N = item_tower.n_items
+        cand = torch.randint(N, (k,), device=qs.device)  # (k,) shared uniform negatives
+        pos = (qs * item_tower(items)).sum(-1) + self.bias  # (B,)
+        neg = qs @ item_tower(cand).T + self.bias  # (B, k)
+        hits = self.hits_mask(users, items, cand, mask_known=True)  # (B, k)
+        w = self.negative_weight if self.negative_weight is not None else N / k  # unbiased
+        loss = (F.softplus(-pos) + w * (F.softplus(neg) * (~hits)).sum(1)).mean()
+        with torch.no_grad():
+            live = ~hits  # (B, k) negatives that count
+            logs = {"temperature": T.detach(), "pos_logit": pos.mean(),
+                    "neg_logit": neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
+                    "accidental_hit_rate": hits.float().mean(),
+                    "effective_negatives": (~hits).sum(1).float().mean()}
+        return HeadOutput(loss, logs)

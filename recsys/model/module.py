@@ -1,0 +1,273 @@
+"""TwoTowerModule: injected towers + head + optimizers; full-catalogue validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from recsys.errors import ConfigError, RecsysError
+from recsys.eval.evaluate import score
+from recsys.model.corrections import log_frequency
+from recsys.model.heads.base import Head, KnownPositives
+from recsys.model.heads.inbatch import InBatchSoftmax
+from recsys.model.optim import MultiOptimizer, SparseAdam
+from recsys.model.towers import ItemTower, QueryTower
+from recsys.schema import Schema
+
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+SchedulerCallable = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+def _adam(params):
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def _sparse_adam(params):
+    return SparseAdam(params, lr=1e-2)  # torch.optim.SparseAdam, faster step (recsys.model.optim)
+
+
+def check_head_sizes(head: Head, n_items: int) -> None:
+    """``ConfigError`` before training unless every count the head declares
+    (``Head.size_checks``: negatives sampled, uniform negatives, hard negatives mined)
+    satisfies 1 <= value < N, the catalogue size."""
+    name = type(head).__name__
+    for arg, value, bound, fix in head.size_checks(n_items):
+        if not (isinstance(value, int) and 1 <= value < bound):
+            raise ConfigError(
+                f"{name} {arg}={value}: need 1 <= {arg} < N={bound} (the catalogue size) so there are "
+                f"negatives to choose from. Fix: {arg} <= {bound - 1}, or {fix}."
+            )
+
+
+class TwoTowerModule(L.LightningModule):
+    """A query tower, an item tower and a loss head, all injected (YAML ``class_path``).
+
+    Args:
+        schema: data sizes; the CLI links it from the data module (``data.schema``).
+        query_tower: ``QueryTower`` class or a partial (``init_args`` without ``schema``).
+        item_tower: ``ItemTower`` class or partial.
+        head: one of ``recsys.model.heads``: FullSoftmax, MultiLabelSigmoid, SampledSoftmax,
+            InBatchSoftmax, HardNegativeSoftmax.
+        dense_optimizer: optimizer for dense parameters (MLPs, temperature, biases);
+            default Adam(lr=1e-3).
+        sparse_optimizer: optimizer for sparse id tables; default SparseAdam(lr=1e-2).
+        lr_scheduler: optional epoch-wise schedule over both optimizers (they share their
+            param groups through ``MultiOptimizer``), e.g. ``torch.optim.lr_scheduler.ExponentialLR``
+            with ``gamma: 0.7``; its state is checkpointed by Lightning.
+        eval_ks: cut-offs of the validation / test metrics.
+        eval_index: retriever for validation / test (``exact`` by default).
+        prior_grid: popularity prior at retrieval (off when None). Retrieval ranks by
+            ``logit_j + w * log p_j``, p_j the item's add-one smoothed train frequency: the
+            model's distribution tilted by p_j^w. Training is unchanged; each validation
+            scores every w of the grid, keeps the best validation NDCG@k (smallest k) and
+            stores it in the checkpoint (``prior_weight``), which test, ``evaluate``,
+            ``export`` and ``recommend`` then use. This is the logit adjustment of Menon et
+            al. (ICLR 2021, "Long-tail learning via logit adjustment") with the sign for
+            top-k accuracy rather than balanced error: softmax training (and the logQ
+            correction of sampled / in-batch heads, Yi et al. 2019) fits p(item | user),
+            while top-k metrics reward popular items more than likelihood does. Needs
+            ``item_bias`` on both towers (w * T * log p_j is added to the bias coordinate,
+            so FAISS serves it unchanged). Costs len(grid) validation scorings per epoch.
+    """
+
+    def __init__(
+        self,
+        schema: Any = None,
+        query_tower: Callable[[Schema], QueryTower] = QueryTower,
+        item_tower: Callable[[Schema], ItemTower] = ItemTower,
+        head: Head | None = None,
+        dense_optimizer: OptimizerCallable | None = None,
+        sparse_optimizer: OptimizerCallable | None = None,
+        lr_scheduler: SchedulerCallable | None = None,
+        eval_ks: list[int] | None = None,
+        eval_index: str = "exact",
+        prior_grid: list[float] | None = None,
+    ):
+        super().__init__()
+        if schema is None:
+            raise ConfigError(
+                "TwoTowerModule needs schema=data.schema (the data sizes). Fix: run through "
+                "`recsys fit`, which links it, or pass schema=datamodule.schema."
+            )
+        self.schema = schema
+        self.query_tower = query_tower(schema)
+        self.item_tower = item_tower(schema)
+        qt, it = self.query_tower, self.item_tower
+        if (qt.dim, qt.item_bias) != (it.dim, it.item_bias):
+            raise ConfigError(
+                f"query tower dim={qt.dim}, item_bias={qt.item_bias} != item tower dim={it.dim}, "
+                f"item_bias={it.item_bias}: the score is their inner product, so both must output "
+                "the same D (+ 1 for the item bias). Fix: set the same dim and item_bias in both towers."
+            )
+        self.head = head if head is not None else InBatchSoftmax()
+        check_head_sizes(self.head, schema.n_items)
+        self.dense_optimizer = dense_optimizer or _adam
+        self.sparse_optimizer = sparse_optimizer or _sparse_adam
+        self.lr_scheduler = lr_scheduler
+        self.eval_ks = list(eval_ks or [10, 20])
+        if max(self.eval_ks) > schema.n_items:
+            raise ConfigError(
+                f"eval_ks={self.eval_ks}: k={max(self.eval_ks)} exceeds the catalogue size "
+                f"N={schema.n_items}. Fix: choose k <= {schema.n_items}."
+            )
+        self.eval_index = eval_index
+        self.prior_grid = None if prior_grid is None else sorted(float(w) for w in prior_grid)
+        if self.prior_grid is not None:
+            if not self.prior_grid or not it.item_bias:
+                raise ConfigError(
+                    f"prior_grid={prior_grid} with item_bias={it.item_bias}: the popularity prior needs "
+                    "a non-empty grid of weights and item_bias: true on both towers (it is added to "
+                    "the bias coordinate). Fix: e.g. prior_grid: [0, 0.1, 0.2, 0.3] and item_bias: true, "
+                    "or prior_grid: null."
+                )
+            self.register_buffer("prior_weight", torch.zeros(()))  # chosen on validation
+            self.register_buffer("log_prior", torch.zeros(schema.n_items))  # (N,) log p_j, set by bind
+        self.recsys_config: str | None = None  # resolved YAML, set by the CLI
+        self._eval_buf: list = []
+        self._bound = False
+
+    # ---- setup -----------------------------------------------------------------------
+    def bind(self, data) -> None:
+        """Give the head the train positives and counts (idempotent)."""
+        if not self._bound:
+            self.head.bind(self.schema, KnownPositives(data.train))
+            self.head.to(self.device)
+            if self.prior_grid is not None:
+                self.log_prior.copy_(torch.from_numpy(log_frequency(data.item_counts())))  # (N,)
+            self._bound = True
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            self.bind(dm.data)
+
+    def configure_callbacks(self):
+        return self.head.callbacks()
+
+    def configure_optimizers(self):
+        sparse_ids = {
+            id(p) for m in self.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for p in m.parameters()
+        }
+        sparse = [p for p in self.parameters() if id(p) in sparse_ids and p.requires_grad]
+        dense = [p for p in self.parameters() if id(p) not in sparse_ids and p.requires_grad]
+        opts = ([self.dense_optimizer(dense)] if dense else []) + (
+            [self.sparse_optimizer(sparse)] if sparse else [])
+        opt = MultiOptimizer(opts)
+        if self.lr_scheduler is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler(opt), "interval": "epoch"}}
+
+    # ---- training --------------------------------------------------------------------
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Query embeddings (B, D)."""
+        return self.query_tower(batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        q = self.query_tower(batch)  # (B, D)
+        out = self.head(q, batch, self.item_tower)
+        bad = not bool(torch.isfinite(out.loss))
+        if self.trainer.world_size > 1:  # stop every process together (no rank left in a collective)
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            where = "" if self.trainer.world_size == 1 else f" on rank {self.global_rank} (non-finite on some rank)"
+            raise RecsysError(
+                f"loss is {out.loss.item()}{where} at step {self.global_step} (head "
+                f"{type(self.head).__name__}, temperature {float(self.head.temperature()):.4g}): "
+                "training diverged. Fix: lower the learning rates or raise the temperature."
+            )
+        self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(q),
+                 sync_dist=True)  # DDP: the mean over processes = the loss of the global batch
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log_dict({f"train/{k}": float(v) for k, v in out.logs.items()},
+                          on_step=True, on_epoch=False, batch_size=len(q))
+        return out.loss
+
+    # ---- evaluation ------------------------------------------------------------------
+    @property
+    def served_prior_weight(self) -> float | None:
+        """The popularity-prior weight retrieval uses (chosen on validation), None without ``prior_grid``."""
+        return None if self.prior_grid is None else float(self.prior_weight)
+
+    @torch.no_grad()
+    def item_embeddings(self, prior_weight: float | None = None) -> torch.Tensor:
+        """(N, D) catalogue embeddings for retrieval (evaluation, export, recommend).
+
+        The item tower's output, with ``prior_weight`` (default: the stored one) times
+        T * log p_j added to the bias coordinate when ``prior_grid`` is set. Training and
+        hard-negative mining use the item tower directly, without the prior.
+        """
+        w = self.served_prior_weight if prior_weight is None else prior_weight
+        return self._with_prior(self.item_tower.embed_all(), w)
+
+    def _with_prior(self, xb: torch.Tensor, w: float | None) -> torch.Tensor:
+        """``xb`` (N, D) with w * T * log p_j added to its last (bias) coordinate (a copy)."""
+        if not w or self.prior_grid is None:
+            return xb
+        xb = xb.clone()
+        xb[:, -1] += w * float(self.head.temperature()) * self.log_prior.to(xb)
+        return xb
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_buf = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_buf.append((batch["user"], self.query_tower(batch)))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("valid", "val")
+
+    on_test_epoch_start = on_validation_epoch_start
+    test_step = validation_step
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test", "test")
+
+    def _log_eval(self, split: str, prefix: str) -> None:
+        if not self._eval_buf:
+            return
+        users = torch.cat([u for u, _ in self._eval_buf])
+        xq = torch.cat([q for _, q in self._eval_buf]).float()
+        self._eval_buf = []
+        if self.trainer.world_size > 1:  # every rank scores the gathered queries
+            users = self.all_gather(users).reshape(-1)
+            xq = self.all_gather(xq).reshape(-1, xq.shape[-1])
+        users_np, first = np.unique(users.cpu().numpy(), return_index=True)
+        xq_np = xq.cpu().numpy()[first]
+        xb = self.item_tower.embed_all()  # (N, D), once for every prior weight
+        key = f"ndcg@{min(self.eval_ks)}"
+
+        def run(w: float | None):
+            xb_w = self._with_prior(xb, w).float().cpu().numpy()
+            return score(xq_np, users_np, xb_w, self.trainer.datamodule.data, split,
+                         tuple(self.eval_ks), self.eval_index)
+
+        if split == "valid" and self.prior_grid is not None:  # choose the prior on validation
+            w, res = max(((w, run(w)) for w in self.prior_grid), key=lambda r: r[1].metrics[key])  # first of ties
+            self.prior_weight.fill_(w)
+            self.log(f"{prefix}/prior_weight", w, sync_dist=True)
+        else:
+            res = run(self.served_prior_weight)
+        main = f"{prefix}/{key}"
+        vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
+                if isinstance(v, float) and math.isfinite(v)}
+        self.log(main, vals.pop(main), prog_bar=True, sync_dist=True)  # equal on every rank already
+        self.log_dict(vals, sync_dist=True)
+        self.last_eval = res.metrics
+
+    # ---- checkpoint extras -------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        extra = {"config": self.recsys_config}
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            d = dm.data
+            extra.update(dataset=d.name, user_vocab=d.user_vocab.to_state(),
+                         item_vocab=d.item_vocab.to_state(),
+                         item_fingerprint=d.item_vocab.fingerprint())
+        checkpoint["recsys"] = extra

@@ -1,0 +1,45 @@
+"""Retrieval: top-k by inner product over item embeddings, exact or with FAISS.
+
+    retriever = make_retriever("exact").build(xb)   # or "flat", "ivf", "hnsw"
+    D, I = retriever.search(xq, k=20, exclude=seen)
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from recsys.errors import ConfigError
+from recsys.retrieval.base import Retriever, recall_vs_exact
+from recsys.retrieval.exact import ExactRetriever
+from recsys.retrieval.faiss import FaissFlatRetriever, FaissHNSWRetriever, FaissIVFRetriever
+
+__all__ = [
+    "Retriever", "ExactRetriever", "FaissFlatRetriever", "FaissIVFRetriever",
+    "FaissHNSWRetriever", "make_retriever", "recall_vs_exact", "RETRIEVERS",
+]
+
+
+RETRIEVERS: dict[str, type[Retriever]] = {
+    "exact": ExactRetriever,
+    "flat": FaissFlatRetriever,
+    "ivf": FaissIVFRetriever,
+    "hnsw": FaissHNSWRetriever,
+}
+
+
+def make_retriever(name: str, **params) -> Retriever:
+    """Retriever by name (``exact``, ``flat``, ``ivf``, ``hnsw``) with its parameters."""
+    if name not in RETRIEVERS:
+        raise ConfigError(
+            f"retriever {name!r} is unknown: valid names are {sorted(RETRIEVERS)}. "
+            "Fix: pick one of them."
+        )
+    cls = RETRIEVERS[name]
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"retriever {name!r} got unknown parameters {unknown}: it takes {valid}. "
+            "Fix: drop or rename them."
+        )
+    return cls(**params)

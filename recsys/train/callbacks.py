@@ -1,0 +1,45 @@
+"""Lightning callbacks of the training loop: the RNG states in every checkpoint.
+
+(The hard-negative index refresh is the head's own callback, ``recsys.model.mining.MinerRefresh``,
+which ``TwoTowerModule.configure_callbacks`` adds.)"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+
+
+class RngState(Callback):
+    """Save the global RNG states with every checkpoint; restore them on resume.
+
+    Saved at the moment of the checkpoint (the end of a training step or of an epoch), so
+    the resumed run continues the random streams from the same point. Under DDP every
+    process loads rank 0's states; ``seed_everything`` gives all ranks the same streams
+    anyway (``workers=False``), so this changes nothing there. Stored as tensors and plain
+    lists so ``torch.load(weights_only=True)`` accepts them.
+    """
+
+    def state_dict(self) -> dict:
+        version, mt, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {
+            "python": [version, list(mt), gauss],
+            "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        version, mt, gauss = state["python"]
+        random.setstate((version, tuple(mt), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])

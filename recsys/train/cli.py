@@ -1,0 +1,157 @@
+"""Command line: ``recsys fit|validate|test|predict`` (LightningCLI) and the project's own
+commands ``demo``, ``data stats``, ``evaluate``, ``compare``, ``recommend``, ``export``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from argparse import ArgumentError
+
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from recsys.data.datamodule import InteractionDataModule
+from recsys.errors import ConfigError, RecsysError
+from recsys.model.module import TwoTowerModule
+from recsys.train.callbacks import RngState
+from recsys.train.checkpoint_io import AtomicCheckpointIO, RecsysCheckpoint
+from recsys.train.resume import resolve_last
+
+MONITOR = "val/ndcg@10"
+TRAINER_DEFAULTS = {
+    "default_root_dir": "runs",
+    "max_epochs": 20,
+    "log_every_n_steps": 50,
+    "num_sanity_val_steps": 0,
+    "logger": {"class_path": "recsys.train.resume.AppendingCSVLogger",
+               "init_args": {"save_dir": "runs", "name": "recsys"}},
+}
+
+
+class RecsysCLI(LightningCLI):
+    """LightningCLI with the data -> model schema link, best-NDCG@10 checkpointing, early
+    stopping and a CSV logger; the resolved config is stored in every checkpoint."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(TwoTowerModule, InteractionDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.schema", "model.schema", apply_on="instantiate")
+        parser.add_lightning_class_args(RecsysCheckpoint, "checkpoint")  # last.ckpt = latest state
+        parser.set_defaults({
+            "checkpoint.monitor": MONITOR, "checkpoint.mode": "max", "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch:02d}",
+        })
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({
+            "early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 3,
+        })
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":  # --ckpt_path last: the newest last.ckpt of earlier runs
+            resolve_last(self.config.fit)
+
+    def instantiate_trainer(self, **kwargs):
+        """Crash-safe checkpoints: atomic writes and the RNG states in every checkpoint."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not any(isinstance(c, RngState) for c in trainer.callbacks):
+            trainer.callbacks.append(RngState())
+        return trainer
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        self.model.recsys_config = self._parser(self.subcommand).dump(cfg, skip_link_targets=True)
+
+
+OWN_COMMANDS = ("demo", "data", "evaluate", "compare", "recommend", "export")
+
+
+def _class_choices(key: str) -> list[str]:
+    """Valid class paths for a ``head`` or ``sampler`` key (empty for other keys)."""
+    from recsys.model import candidates, heads
+
+    if key.endswith("head"):
+        return [f"recsys.model.heads.{c.__name__}" for c in heads.HEADS.values()]
+    if key.endswith("sampler"):
+        return [f"recsys.model.candidates.{c.__name__}" for c in candidates.SAMPLERS.values()]
+    return []
+
+
+def config_error(e: BaseException) -> RecsysError | None:
+    """The project error behind ``e``: a ``RecsysError`` that jsonargparse wrapped while
+    instantiating (e.g. a bad temperature inside ``model.head``), or a ``ConfigError`` for a
+    command-line / YAML value the parser rejected (unknown class_path, wrong type, unknown
+    option), naming the key, the value, the requirement and the fix."""
+    c = e
+    while c is not None:  # a project error raised inside jsonargparse's instantiation
+        if isinstance(c, RecsysError):
+            return c
+        c = c.__cause__ or c.__context__
+    if not isinstance(e, ArgumentError):
+        return None
+    text = str(e)
+    key = ".init_args.".join(re.findall(r'Parser key "([^"]+)"', text)) or "command line"
+    missing = [(cp, why) for cp, why in re.findall(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
+               if not why.startswith("Parser key")]
+    if missing:  # an unknown head / sampler / tower class
+        cp, why = missing[-1]
+        choices = _class_choices(key)
+        fix = f"use one of {', '.join(choices)}" if choices else "check the module and class name"
+        return ConfigError(f"{key}: class_path '{cp}' cannot be imported ({why.strip()}); it must name an "
+                           f"importable class of the right kind. Fix: {fix}.")
+    given = re.search(r"Given value: (.+)$", text, re.M)
+    need = sorted(set(re.findall(r"Expected a <class '([^']+)'>", text)) - {"NoneType"})
+    if given:
+        value = given.group(1).strip()
+        nested = re.fullmatch(r"NestedArg\(key='[^']*', val=(.*)\)", value)  # --a.b.c=value
+        value = nested.group(1).strip("'\"") if nested else value
+        req = f"must be of type {' or '.join(need)}" if need else "is not a valid value"
+        return ConfigError(f"{key}={value!r} {req}. Fix: give a value of that type "
+                           "(`recsys fit --help` lists every option and its type).")
+    return ConfigError(f"{' '.join(text.split())}. Fix: check the option names and values "
+                       "(`recsys fit --help` lists them).")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``recsys`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in OWN_COMMANDS:
+            from recsys import commands
+
+            commands.run(argv[0], argv[1:])
+            return
+        try:  # bad values raise (ArgumentError), turned into one ConfigError line below
+            RecsysCLI(args=argv, parser_kwargs={"exit_on_error": False})
+        except (ArgumentError, ValueError) as e:
+            err = config_error(e)
+            if err is None:
+                raise
+            raise err from e
+    except RecsysError as e:
+        if not _IS_CONSOLE:  # called from Python (tests, notebooks): keep the exception
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_IS_CONSOLE = False
+
+
+def console() -> None:
+    """The ``recsys`` console script: project errors print one line and exit with code 2."""
+    global _IS_CONSOLE
+    _IS_CONSOLE = True
+    main()
+
+
+if __name__ == "__main__":
+    main()
