@@ -16,7 +16,7 @@ import pytest
 from recsys.errors import ConfigError, DataError, RecsysError
 from recsys.model.heads import InBatchSoftmax
 from recsys.train.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, config_args
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*args parameter is intended.*")
 CONFIGS = REPO / "configs" / "synthetic"
@@ -25,7 +25,7 @@ TINY = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.
 
 
 def _fit(tmp_path: Path, *extra: str, config: str = "inbatch") -> None:
-    main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), *TINY, f"--trainer.default_root_dir={tmp_path}",
+    main(["fit", *config_args("synthetic", config), *TINY, f"--trainer.default_root_dir={tmp_path}",
           f"--trainer.logger.init_args.save_dir={tmp_path}", *extra])
 
 
@@ -75,7 +75,7 @@ def test_bad_config_fails_before_training(case, tmp_path):
 
 def test_console_prints_one_line_and_exits_2(tmp_path):
     exe = Path(sys.executable).parent / "recsys"
-    r = subprocess.run([str(exe), "fit", "--config", str(CONFIGS / "inbatch.yaml"), *TINY,
+    r = subprocess.run([str(exe), "fit", *config_args("synthetic", "inbatch"), *TINY,
                         f"--trainer.default_root_dir={tmp_path}", "--model.head=recsys.model.heads.Nope"],
                        capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1",
                                                                        "PYTHONWARNINGS": "ignore", "PATH": ""})

@@ -1,46 +1,52 @@
-"""CLI: every config runs with fast_dev_run; configs of a dataset differ only in the head;
+"""CLI: every config (base + head) runs with fast_dev_run; head files hold only the head;
 the demo and `data stats` commands run end to end."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import yaml
 
 from recsys.train.cli import main
-from tests.conftest import REPO, SHARED
+from tests.conftest import HEAD_NAMES, REPO, SHARED, config_args
 
-CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
+DATASETS = ("synthetic", "ml-100k", "ml-1m")
+RUNS = [(ds, h) for ds in DATASETS for h in HEAD_NAMES]
 TINY_ARGS = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4"]
 
 
-def test_configs_exist_for_every_dataset_and_head():
-    names = {(p.parent.name, p.stem) for p in CONFIGS}
-    for ds in ("synthetic", "ml-100k", "ml-1m"):
-        for head in ("full", "sigmoid", "sampled", "inbatch", "hard"):
-            assert (ds, head) in names, f"configs/{ds}/{head}.yaml missing"
+def test_every_dataset_has_a_base_and_head_files_hold_only_the_head():
+    for ds in DATASETS:
+        folder = REPO / "configs" / ds
+        assert {p.stem for p in folder.glob("*.yaml")} == {"base", *HEAD_NAMES}, ds
+        assert "head" not in (yaml.safe_load((folder / "base.yaml").read_text())["model"])
+        for h in HEAD_NAMES:
+            cfg = yaml.safe_load((folder / f"{h}.yaml").read_text())
+            assert list(cfg) == ["model"] and list(cfg["model"]) == ["head"], (ds, h)
+            assert cfg["model"]["head"]["class_path"].startswith("recsys.model.heads."), (ds, h)
 
 
-@pytest.mark.parametrize("ds", ["synthetic", "ml-100k", "ml-1m"])
-def test_heads_differ_only_in_head_block(ds):
-    cfgs = {p.stem: yaml.safe_load(p.read_text()) for p in (REPO / "configs" / ds).glob("*.yaml")}
-    base = cfgs["inbatch"]
-    for name, c in cfgs.items():
-        assert c["model"].pop("head")["class_path"].startswith("recsys.model.heads.")
-        assert c == {**base, "model": {k: v for k, v in base["model"].items() if k != "head"}}, name
+def test_composed_config_is_base_plus_head(tmp_path):
+    # what LightningCLI makes of base + head equals the base with the head block added
+    from recsys.train.cli import RecsysCLI
+
+    cli = RecsysCLI(args=[*config_args("synthetic", "sampled"), *TINY_ARGS,
+                          "--model.head.init_args.num_negatives=32"], run=False)
+    assert type(cli.model.head).__name__ == "SampledSoftmax" and cli.model.head.num_negatives == 32
+    assert type(cli.model.head.sampler).__name__ == "LogUniformSampler"
+    base = yaml.safe_load((REPO / "configs" / "synthetic" / "base.yaml").read_text())
+    assert cli.datamodule.batch_size == base["data"]["batch_size"]
+    assert cli.model.query_tower.dim == base["model"]["query_tower"]["init_args"]["dim"]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_every_config_fast_dev_run(cfg: Path, tmp_path, monkeypatch):
-    ds = cfg.parent.name
+@pytest.mark.parametrize("ds,head", RUNS, ids=lambda x: str(x))
+def test_every_config_fast_dev_run(ds: str, head: str, tmp_path, monkeypatch):
     if ds != "synthetic" and not (SHARED / ds).exists():
         pytest.skip(f"real data for {ds} not found in {SHARED}")
     monkeypatch.setenv("RECSYS_DATA", str(SHARED))
     extra = TINY_ARGS if ds == "synthetic" else []
-    if ds == "synthetic" and cfg.stem == "sampled":  # the tiny catalogue has < 512 items
+    if ds == "synthetic" and head == "sampled":  # the tiny catalogue has < 512 items
         extra = [*extra, "--model.head.init_args.num_negatives=32"]
-    main(["fit", "--config", str(cfg), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}",
+    main(["fit", *config_args(ds, head), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}",
           "--trainer.enable_progress_bar=false", *extra])
 
 

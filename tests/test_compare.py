@@ -7,7 +7,8 @@ import json
 import pytest
 import yaml
 
-from recsys.commands.compare import aggregate, curve_ks, head_config
+from recsys.commands.compare import aggregate, curve_ks, head_source
+from recsys.errors import ConfigError
 from recsys.train.cli import main
 from tests.conftest import TINY
 
@@ -18,24 +19,20 @@ BASE = {
     "model": {
         "query_tower": {"class_path": "recsys.model.towers.QueryTower", "init_args": {"dim": 8}},
         "item_tower": {"class_path": "recsys.model.towers.ItemTower", "init_args": {"dim": 8}},
-        "head": {"class_path": "recsys.model.heads.InBatchSoftmax", "init_args": {"logq": "static"}},
     },
 }
+INBATCH = {"model": {"head": {"class_path": "recsys.model.heads.InBatchSoftmax", "init_args": {"logq": "static"}}}}
 FULL = {"model": {"head": {"class_path": "recsys.model.heads.FullSoftmax", "init_args": {"temperature": 0.5}}}}
 
 
-def test_head_config_swaps_only_the_head_block(tmp_path):
-    # a head file's data / tower settings are ignored: every head sees the base's
-    other = {**FULL, "data": {"dataset": "ml-1m"}, "trainer": {"max_epochs": 7}}
-    (tmp_path / "full.yaml").write_text(yaml.safe_dump(other))
-    cfg, src = head_config(BASE, "full", tmp_path)
-    assert src == str(tmp_path / "full.yaml")
-    assert cfg["model"]["head"] == FULL["model"]["head"]  # no InBatch init_args (logq) leak in
-    assert cfg["data"] == BASE["data"] and cfg["model"]["query_tower"] == BASE["model"]["query_tower"]
-    assert cfg["trainer"] == {"max_epochs": 7, "accelerator": "cpu"}  # tuned trainer settings kept
-    cfg, src = head_config(BASE, "sigmoid", tmp_path)  # no file: the class with its defaults
-    assert cfg["model"]["head"] == {"class_path": "recsys.model.heads.sigmoid.MultiLabelSigmoid"}
-    assert src == "default MultiLabelSigmoid"
+def test_head_source_composes_the_head_file_or_the_default_class(tmp_path):
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(FULL))
+    assert head_source("full", tmp_path) == (["--config", str(tmp_path / "full.yaml")], str(tmp_path / "full.yaml"))
+    args, src = head_source("sigmoid", tmp_path)  # no file: the class with its defaults
+    assert args == ["--model.head=recsys.model.heads.sigmoid.MultiLabelSigmoid"] and src == "default MultiLabelSigmoid"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"model": {"dim": 3}}))
+    with pytest.raises(ConfigError, match="no model.head block"):
+        head_source("bad", tmp_path)
 
 
 def test_aggregate_and_curve_ks():
@@ -49,9 +46,10 @@ def test_aggregate_and_curve_ks():
 
 
 def test_compare_end_to_end(tmp_path, capsys):
-    base = tmp_path / "cfg" / "inbatch.yaml"
+    base = tmp_path / "cfg" / "base.yaml"
     base.parent.mkdir()
     base.write_text(yaml.safe_dump(BASE))
+    (base.parent / "inbatch.yaml").write_text(yaml.safe_dump(INBATCH))
     (base.parent / "full.yaml").write_text(yaml.safe_dump(FULL))
     out = tmp_path / "out"
     main(["compare", "--config", str(base), "--heads", "inbatch,full", "--seeds", "2", "--baselines", "pop,ease",
@@ -59,7 +57,7 @@ def test_compare_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
     assert res["dataset_loads"] == 1  # one RecData shared by every run
-    assert res["head_configs"] == {"inbatch": str(base), "full": str(base.parent / "full.yaml")}
+    assert res["head_configs"] == {"inbatch": str(base.parent / "inbatch.yaml"), "full": str(base.parent / "full.yaml")}
     assert [(r["model"], r["seed"]) for r in res["runs"]] == [
         (m, s) for m in ("inbatch", "full", "pop", "ease") for s in (0, 1)]
     for r in res["runs"]:
@@ -72,8 +70,10 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert set(agg) == {"inbatch", "full", "pop", "ease"}
     assert agg["pop"]["test"]["ndcg@10"]["std"] == 0.0  # deterministic baseline
     assert agg["ease"]["test"]["ndcg@10"]["mean"] > agg["pop"]["test"]["ndcg@10"]["mean"]
-    composed = yaml.safe_load((out / "configs" / "full_seed1.yaml").read_text())
-    assert composed["seed_everything"] == 1 and composed["model"]["head"] == FULL["model"]["head"]
+    composed = yaml.safe_load((out / "configs" / "full_seed1.yaml").read_text())  # the resolved config
+    assert composed["seed_everything"] == 1 and composed["model"]["head"]["class_path"].endswith("FullSoftmax")
+    assert composed["model"]["head"]["init_args"]["temperature"] == 0.5
+    assert composed["model"]["query_tower"]["init_args"]["dim"] == 8 and composed["data"]["batch_size"] == 128
     md = (out / "results.md").read_text()
     assert "| model | recall@10 | ndcg@10 | recall@20 | ndcg@20 | train s | epochs | peak RSS MB | prior w |" in md
     assert all(f"| {m} |" in md and f"| {m} |" in printed for m in agg)

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.conftest import REPO
+from tests.conftest import REPO, config_args
 
 W, B, N, U, D, M = 2, 6, 30, 40, 8, 5  # processes, rows per process, items, users, dim, uniform
 
@@ -155,7 +155,7 @@ def test_gather_is_a_no_op_without_a_process_group():
 
 
 # ------------------------------------------------------------------ recsys fit under DDP
-FIT = ["fit", "--config", str(REPO / "configs" / "synthetic" / "inbatch.yaml"),
+FIT = ["fit", *config_args("synthetic", "inbatch"),
        "--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4",
        "--trainer.max_epochs=1", "--trainer.limit_train_batches=12", "--trainer.enable_progress_bar=false",
        "--trainer.accelerator=cpu", "--early_stopping.patience=100"]

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from recsys.errors import ConfigError
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, config_args
 
-ARGS = ["fit", "--config", str(REPO / "configs" / "synthetic" / "sampled.yaml"),
+ARGS = ["fit", *config_args("synthetic", "sampled"),
         "--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4",
         "--data.batch_size=64", "--model.head.init_args.num_negatives=32", "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=15", "--trainer.enable_progress_bar=false"]

@@ -137,9 +137,9 @@ def test_rowwise_adagrad_dense_gradient_and_state_dict():
 
 def test_rowwise_adagrad_from_yaml_as_sparse_optimizer():
     from recsys.train.cli import RecsysCLI
-    from tests.conftest import REPO
+    from tests.conftest import config_args
 
-    cli = RecsysCLI(args=["--config", str(REPO / "configs/synthetic/inbatch.yaml"),
+    cli = RecsysCLI(args=[*config_args("synthetic", "inbatch"),
                           "--data.synthetic.n_users=200", "--data.synthetic.n_items=100",
                           "--data.synthetic.n_clusters=4",
                           "--model.query_tower.init_args.sparse=true", "--model.item_tower.init_args.sparse=true",

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, config_args
 
-ARGS = ["fit", "--config", str(REPO / "configs" / "synthetic" / "hard.yaml"),
+ARGS = ["fit", *config_args("synthetic", "hard"),
         "--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4",
         "--data.batch_size=64", "--model.head.init_args.num_uniform=8", "--model.head.init_args.num_hard=4",
         "--model.head.init_args.refresh_every=7", "--trainer.max_epochs=2",

@@ -1,15 +1,16 @@
 """``recsys compare``: train every head on identical data, towers and seeds; add baselines.
 
-    recsys compare --config configs/ml-1m/inbatch.yaml --heads full,sigmoid,sampled,inbatch,hard \\
+    recsys compare --config configs/ml-1m/base.yaml --heads full,sigmoid,sampled,inbatch,hard \\
         --seeds 3 --baselines pop,ease,als --out runs/compare/ml-1m
 
-Each head's config is ``BASE`` with the head's block swapped in: the head file is
-``<--head-configs or BASE's folder>/<head>.yaml`` (so ``configs/<dataset>/<head>.yaml``), and
-from it only ``model.head``, ``model.dense_optimizer`` / ``model.sparse_optimizer`` / ``model.lr_scheduler`` and
-``trainer`` are taken; ``data``, the towers and the seed always come from ``BASE``. Without a
-head file the head's class runs with its defaults. The composed configs are written to
-``OUT/configs/``. Seeds are ``seed_everything`` values 0..S-1 (or a comma list); the split
-(``data.seed``) stays that of ``BASE``, so every run sees the same train / valid / test.
+Each run is composed as ``recsys fit`` composes configs, with repeated ``--config``:
+``BASE``, then the head file ``<--head-configs or BASE's folder>/<head>.yaml`` (so
+``configs/<dataset>/<head>.yaml``, which holds the ``model.head`` block), then the run's own
+overrides (seed, output folders; ``OUT/configs/<head>_seed<s>.run.yaml``). Without a head
+file the head's class runs with its defaults. Every run must load the same data (checked).
+The resolved config of each run is written to ``OUT/configs/<head>_seed<s>.yaml``. Seeds are
+``seed_everything`` values 0..S-1 (or a comma list); the split (``data.seed``) stays that of
+``BASE``, so every run sees the same train / valid / test.
 
 Every (head, seed) is trained, its best checkpoint (validation NDCG@10) reloaded and scored
 on test and validation over the whole catalogue; baselines (``recsys.eval.baselines``) are fitted
@@ -21,7 +22,6 @@ Arguments after ``--`` go to every run's LightningCLI, e.g. ``-- --data.batch_si
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import json
 import logging
@@ -48,63 +48,35 @@ TABLE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
 
 # ---- configs -------------------------------------------------------------------------
-def _merge(base: dict, over: dict) -> dict:
-    """Deep merge of two YAML dicts (``over`` wins; a ``class_path`` change replaces the block)."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        mergeable = (isinstance(out.get(k), dict) and isinstance(v, dict)
-                     and v.get("class_path", out[k].get("class_path")) == out[k].get("class_path"))
-        out[k] = _merge(out[k], v) if mergeable else copy.deepcopy(v)
-    return out
-
-
-def head_config(base: dict, head: str, folder: Path) -> tuple[dict, str]:
-    """``base`` with ``head``'s block (from ``folder/<head>.yaml`` or the class defaults)."""
+def head_source(head: str, folder: Path) -> tuple[list[str], str]:
+    """CLI arguments that add ``head`` to the base config, and where the head came from:
+    ``--config folder/<head>.yaml`` when that file exists, else ``--model.head=<class>`` of a
+    built-in head with its defaults."""
     from recsys.model.heads import HEADS
 
-    cfg = copy.deepcopy(base)
-    cfg.setdefault("model", {})
     path = folder / f"{head}.yaml"
     if path.exists():
         spec = yaml.safe_load(path.read_text()) or {}
-        model = spec.get("model") or {}
-        if "head" not in model:
+        if "head" not in (spec.get("model") or {}):
             raise ConfigError(f"{path} has no model.head block: a head file names its head. Fix: add "
                               "model: {head: {class_path: recsys.model.heads.<Head>, init_args: {...}}}.")
-        for k in HEAD_KEYS:
-            if k in model:
-                cfg["model"][k] = copy.deepcopy(model[k])
-        if spec.get("trainer"):
-            cfg["trainer"] = _merge(cfg.get("trainer") or {}, spec["trainer"])
-        base_model = base.get("model") or {}
-        ignored = sorted({k for k in spec if k not in ("model", "trainer") and spec[k] != base.get(k)} |
-                         {f"model.{k}" for k in model if k not in HEAD_KEYS and model[k] != base_model.get(k)})
-        if ignored:
-            logger.warning("%s: ignored %s (compare keeps data, towers and seeds from the base config)", path, ignored)
-        return cfg, str(path)
+        return ["--config", str(path)], str(path)
     if head not in HEADS:
         raise ConfigError(f"head '{head}': no {path} and not a built-in head {sorted(HEADS)}. Fix: write "
                           f"{path} with a model.head block or pick a built-in head.")
-    cfg["model"]["head"] = {"class_path": f"{HEADS[head].__module__}.{HEADS[head].__name__}"}
-    logger.warning("head '%s': no %s, using %s with its default arguments", head, path, HEADS[head].__name__)
-    return cfg, f"default {HEADS[head].__name__}"
+    cls = HEADS[head]
+    logger.warning("head '%s': no %s, using %s with its default arguments", head, path, cls.__name__)
+    return [f"--model.head={cls.__module__}.{cls.__name__}"], f"default {cls.__name__}"
 
 
-def run_config(cfg: dict, seed: int, run_dir: Path, max_epochs: int | None) -> dict:
-    """Per-run settings: seed, output folders, epochs."""
-    cfg = copy.deepcopy(cfg)
-    cfg["seed_everything"] = seed
-    tr = cfg.setdefault("trainer", {}) or {}
-    cfg["trainer"] = tr
-    tr["default_root_dir"] = str(run_dir)
-    tr["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                    "init_args": {"save_dir": str(run_dir), "name": "logs", "version": ""}}
-    tr.setdefault("enable_progress_bar", False)
-    tr.setdefault("enable_model_summary", False)
+def run_overrides(seed: int, run_dir: Path, max_epochs: int | None) -> dict:
+    """The per-run config composed last: seed, output folders, quiet trainer, epochs."""
+    trainer = {"default_root_dir": str(run_dir), "enable_progress_bar": False, "enable_model_summary": False,
+               "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                          "init_args": {"save_dir": str(run_dir), "name": "logs", "version": ""}}}
     if max_epochs is not None:
-        tr["max_epochs"] = max_epochs
-    cfg["checkpoint"] = {**(cfg.get("checkpoint") or {}), "dirpath": str(run_dir / "checkpoints")}
-    return cfg
+        trainer["max_epochs"] = max_epochs
+    return {"seed_everything": seed, "trainer": trainer, "checkpoint": {"dirpath": str(run_dir / "checkpoints")}}
 
 
 # ---- resource meters ----------------------------------------------------------------------
@@ -155,16 +127,17 @@ class PeakRSS:
 
 
 # ---- one run -------------------------------------------------------------------------
-def make_cli(cfg_path: Path, extra: list[str]):
-    """``RecsysCLI(run=False)`` on one composed config (models, data and trainer built)."""
+def make_cli(args: list[str]):
+    """``RecsysCLI(run=False)`` on composed configs (repeated ``--config``, as ``recsys fit``):
+    model, data and trainer built."""
     from recsys.train.cli import RecsysCLI
 
     with warnings.catch_warnings():  # `recsys compare`'s own argv is not meant for this CLI
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return RecsysCLI(args=["--config", str(cfg_path), *extra], run=False)
+        return RecsysCLI(args=args, run=False)
 
 
-def train_head(cfg_path: Path, extra: list[str], ks_req: list[int]) -> tuple[dict, object]:
+def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict, object]:
     """Fit one config, reload its best checkpoint, score test and validation at ``curve_ks``
     of ``ks_req``; returns (record, the run's RecData)."""
     import torch
@@ -172,7 +145,8 @@ def train_head(cfg_path: Path, extra: list[str], ks_req: list[int]) -> tuple[dic
     from recsys.eval.evaluate import evaluate_model
 
     with PeakRSS() as mem:
-        cli = make_cli(cfg_path, extra)
+        cli = make_cli(args)
+        resolved.write_text(cli.model.recsys_config or "")  # the composed config of this run
         t = time.perf_counter()
         cli.trainer.fit(cli.model, cli.datamodule)
         secs = time.perf_counter() - t
@@ -300,7 +274,7 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="base YAML (data, towers, trainer), e.g. configs/ml-1m/inbatch.yaml")
+    p.add_argument("--config", required=True, help="base YAML (data, towers, trainer), e.g. configs/ml-1m/base.yaml")
     p.add_argument("--heads", default="full,sigmoid,sampled,inbatch,hard", help="comma list of head names")
     p.add_argument("--seeds", default="3", help="number of seeds (0..S-1) or a comma list (default 3)")
     p.add_argument("--baselines", default="pop,ease,als", help="comma list of pop,ease,als or 'none'")
@@ -313,22 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_heads(heads, seeds, base, folder, out, max_epochs, extra, ks_req, runs) -> tuple[dict, object]:
-    """Train every (head, seed); append records to ``runs``; return (head config sources, data)."""
+def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, runs) -> tuple[dict, object]:
+    """Train every (head, seed) on ``base + head file + run overrides``; append records to
+    ``runs``; return (head config sources, data)."""
     sources, data = {}, None
     for head in heads:
-        cfg, sources[head] = head_config(base, head, folder)
+        head_args, sources[head] = head_source(head, folder)
         for seed in seeds:
-            path = out / "configs" / f"{head}_seed{seed}.yaml"
-            path.write_text(yaml.safe_dump(run_config(cfg, seed, out / "runs" / head / f"seed{seed}", max_epochs),
-                                           sort_keys=False))
+            run = out / "configs" / f"{head}_seed{seed}.run.yaml"
+            run.write_text(yaml.safe_dump(run_overrides(seed, out / "runs" / head / f"seed{seed}", max_epochs),
+                                          sort_keys=False))
+            args = ["--config", str(base_path), *head_args, "--config", str(run), *extra]
             _say(f"compare: {head} seed {seed} ({sources[head]})")
-            rec, d = train_head(path, extra, ks_req)
+            rec, d = train_head(args, ks_req, out / "configs" / f"{head}_seed{seed}.yaml")
             if data is not None and d is not data:
                 raise ConfigError(f"run {head} seed {seed} loaded other data than the first run: compare needs "
                                   "one dataset. Fix: keep the data settings in the base config only.")
             data = d
-            runs.append({"model": head, "kind": "head", "seed": seed, "config": str(path),
+            runs.append({"model": head, "kind": "head", "seed": seed, "config": str(run),
                          "head_config": sources[head], **rec})
             _say(f"compare: {head} seed {seed}: {rec['train_seconds']:.1f}s, {rec['epochs']} epochs, "
                  f"test ndcg@10 {rec['test']['ndcg@10']:.4f}")
@@ -378,8 +354,7 @@ def main(argv: list[str]) -> None:
     a = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     base_path = Path(a.config)
     if not base_path.exists():
-        raise ConfigError(f"--config {base_path}: file not found. Fix: e.g. --config configs/ml-1m/inbatch.yaml.")
-    base = yaml.safe_load(base_path.read_text()) or {}
+        raise ConfigError(f"--config {base_path}: file not found. Fix: e.g. --config configs/ml-1m/base.yaml.")
     heads, baselines, seeds = _parse_list(a.heads), _parse_list(a.baselines), _parse_seeds(a.seeds)
     from recsys.eval.baselines import BASELINES
 
@@ -396,11 +371,11 @@ def main(argv: list[str]) -> None:
     runs: list[dict] = []
     t_all = time.perf_counter()
     with shared_cache() as cache:  # every run's DataModule gets the same RecData
-        sources, data = run_heads(heads, seeds, base, folder, out, a.max_epochs, extra, ks_req, runs)
+        sources, data = run_heads(heads, seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs)
         if data is None:  # baselines only: the data of the base config
-            path = out / "configs" / "data.yaml"
-            path.write_text(yaml.safe_dump(run_config(base, seeds[0], out / "runs" / "data", None), sort_keys=False))
-            data = make_cli(path, extra).datamodule.data
+            run = out / "configs" / "data.run.yaml"
+            run.write_text(yaml.safe_dump(run_overrides(seeds[0], out / "runs" / "data", None), sort_keys=False))
+            data = make_cli(["--config", str(base_path), "--config", str(run), *extra]).datamodule.data
         skipped = run_baselines(baselines, seeds, params, data, ks_req, runs)
         n_loads = len(cache)
     import torch

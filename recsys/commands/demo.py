@@ -1,6 +1,7 @@
 """``recsys demo``: the main job on the embedded default. Trains a two-tower model on the
-synthetic dataset from ``configs/synthetic/<head>.yaml``, then prints full-catalogue test
-Recall@k / NDCG@k beside a popularity baseline."""
+synthetic dataset from ``configs/synthetic/base.yaml`` + ``configs/synthetic/<head>.yaml``
+(shipped inside the wheel as the package ``recsys.configs``), then prints full-catalogue
+test Recall@k / NDCG@k beside a popularity baseline."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import argparse
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+
+def configs_folder() -> Path:
+    """``configs/synthetic`` of a source checkout, else the copy installed with the package."""
+    here = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+    if here.is_dir():
+        return here
+    from importlib.resources import files
+
+    return Path(str(files("recsys.configs") / "synthetic"))
 
 
 def main(argv: list[str]) -> None:
@@ -24,7 +33,9 @@ def main(argv: list[str]) -> None:
     from recsys.eval.metrics import format_table
     from recsys.train.cli import RecsysCLI
 
-    args = ["--config", str(CONFIGS / f"{a.head}.yaml"), f"--trainer.default_root_dir={a.root_dir}",
+    folder = configs_folder()
+    args = ["--config", str(folder / "base.yaml"), "--config", str(folder / f"{a.head}.yaml"),
+            f"--trainer.default_root_dir={a.root_dir}",
             f"--trainer.logger.init_args.save_dir={a.root_dir}", "--trainer.enable_progress_bar=false"]
     if a.max_epochs:
         args.append(f"--trainer.max_epochs={a.max_epochs}")
