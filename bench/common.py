@@ -9,11 +9,9 @@ at start and end, the library versions and the thread counts next to the figures
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -22,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from recsys.reporting import fmt, json_safe, machine, markdown_table, threads  # noqa: F401 (re-exported)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2  # the thread count of every published figure
@@ -45,59 +45,9 @@ def set_threads(n: int = THREADS) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def threads() -> dict:
-    """The thread counts in force now."""
-    import faiss
-    import torch
-    from threadpoolctl import threadpool_info
-
-    blas = sorted({f"{i.get('internal_api')}={i.get('num_threads')}" for i in threadpool_info()
-                   if i.get("user_api") == "blas"})
-    return {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
-            "faiss": faiss.omp_get_max_threads(), "numpy_blas": ", ".join(blas),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
-
-
 def load() -> float:
     """1-minute load average."""
     return round(os.getloadavg()[0], 2)
-
-
-def machine() -> dict:
-    """Machine, versions, threads and date, for the header of every result file."""
-    import faiss
-    import lightning
-    import psutil
-    import scipy
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001 - no git: leave it out
-        commit = ""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__, "lightning": lightning.__version__, "faiss": faiss.__version__,
-        "numpy": np.__version__, "scipy": scipy.__version__,
-        "threads": threads(),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "git_commit": commit,
-    }
 
 
 # ---- timing ------------------------------------------------------------------------------
@@ -187,7 +137,7 @@ def case_main(fn) -> bool:
     case = json.loads(sys.argv[sys.argv.index("--case") + 1])
     set_threads(case.get("threads", THREADS))
     out = fn(case)
-    print(json.dumps(out, default=_jsonable))
+    print(json.dumps(json_safe(out)))
     return True
 
 
@@ -280,48 +230,6 @@ def make_module(data, head_name: str, dim: int = D, **tower_kw):
 
 
 # ---- results ---------------------------------------------------------------------------------
-def _jsonable(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
-
-
-def fmt(v) -> str:
-    """Compact table cell."""
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if v != v:
-            return "nan"
-        a = abs(v)
-        if a >= 1e5:
-            return f"{v:,.0f}"
-        if a >= 100:
-            return f"{v:.0f}"
-        if a >= 1:
-            return f"{v:.2f}"
-        return f"{v:.3g}"
-    if isinstance(v, int) and abs(v) >= 10_000:
-        return f"{v:,}"
-    return str(v)
-
-
-def md_table(rows: list[dict], cols: list[str] | None = None) -> str:
-    """A Markdown table of ``rows`` (dicts) over ``cols`` (default: keys of the first row)."""
-    if not rows:
-        return "(no rows)\n"
-    cols = cols or list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(out) + "\n"
-
-
 class Report:
     """Collects a benchmark's tables, targets and notes; ``write`` saves JSON + Markdown."""
 
@@ -357,7 +265,7 @@ class Report:
                    "description": self.description, "machine": self.meta, "targets": self.targets,
                    "tables": self.tables, "notes": self.notes, "data": self.data}
         jp, mp = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-        jp.write_text(json.dumps(payload, indent=1, default=_jsonable) + "\n")
+        jp.write_text(json.dumps(json_safe(payload), indent=1) + "\n")
         mp.write_text(self.markdown())
         return jp, mp
 
@@ -375,7 +283,7 @@ class Report:
                  f"Load average (1/5/15 min) at start {m['loadavg_start']}, at end {m.get('loadavg_end')}. "
                  f"Date {m['date']}, commit {m['git_commit']}, wall time {m.get('wall_seconds')} s.", ""]
         if self.targets:
-            lines += ["## Targets", "", md_table([
+            lines += ["## Targets", "", markdown_table([
                 {"target": t["target"], "measured": t["measured"], "requirement": t["requirement"],
                  "met": "n/a" if t["met"] is None else ("MET" if t["met"] else "NOT MET"), "detail": t["detail"]}
                 for t in self.targets]), ""]
@@ -383,7 +291,7 @@ class Report:
             lines += [f"## {tb['title']}", ""]
             if tb["note"]:
                 lines += [tb["note"], ""]
-            lines += [md_table(tb["rows"], tb["cols"]), ""]
+            lines += [markdown_table(tb["rows"], tb["cols"]), ""]
         if self.notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
         return "\n".join(lines)

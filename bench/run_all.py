@@ -39,7 +39,7 @@ def summary(out_dir: Path, quick: bool, walls: dict) -> str:
                          "met": "n/a" if t["met"] is None else ("MET" if t["met"] else "NOT MET"),
                          "detail": t["detail"]})
     text = [f"# Benchmark summary ({'quick' if quick else 'full'} mode)", "", *heads, "",
-            C.md_table(rows, ["benchmark", "target", "measured", "requirement", "met", "detail"])]
+            C.markdown_table(rows, ["benchmark", "target", "measured", "requirement", "met", "detail"])]
     if walls:
         text += ["", "Wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items())]
     return "\n".join(text) + "\n"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from recsys.commands.console import main
 from recsys.errors import ConfigError, DataError, RecsysError
 from recsys.model.heads import InBatchSoftmax
-from recsys.train.cli import main
 from tests.conftest import REPO, config_args
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*args parameter is intended.*")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from recsys.train.cli import main
+from recsys.commands.console import main
 from tests.conftest import HEAD_NAMES, REPO, SHARED, config_args
 
 DATASETS = ("synthetic", "ml-100k", "ml-1m")

@@ -20,9 +20,9 @@ from recsys.artifacts.checkpoint import load_checkpoint, read_checkpoint
 from recsys.artifacts.export import load_export, load_query_tower
 from recsys.artifacts.export import query_embeddings as embed_users
 from recsys.artifacts.recommender import Recommender, gumbel_topk
+from recsys.commands.console import main as recsys_main
 from recsys.errors import ConfigError, DataError
 from recsys.eval.evaluate import evaluate_model
-from recsys.train.cli import main as recsys_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*args parameter is intended.*")
 TINY = {"n_users": 300, "n_items": 120, "n_clusters": 4, "interactions_per_user": 15.0}

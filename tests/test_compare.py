@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from recsys.commands.compare import aggregate, curve_ks, head_source
+from recsys.commands.console import main
 from recsys.errors import ConfigError
-from recsys.train.cli import main
 from tests.conftest import TINY
 
 BASE = {

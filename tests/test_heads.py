@@ -708,3 +708,38 @@ def test_inbatch_logq_weight_scales_the_correction():
     assert not math.isclose(loss, full, rel_tol=1e-3)  # the weight changes the loss
     with pytest.raises(ConfigError, match="logq_weight=1.5"):
         InBatchSoftmax(logq_weight=1.5)
+
+
+def test_inbatch_hardest_keeps_only_the_k_largest_negatives():
+    # step 4 of the corrections: with hardest=1 each row competes with its largest negative only
+    def out(hardest):
+        head = bound(InBatchSoftmax(logq="none", mask_duplicates=False, hardest=hardest))
+        return head(query(3), batch([0, 1, 2], [0, 1, 3]), tower())
+
+    every, one = out(None), out(1)
+    t, q = tower(), query(3)
+    s = (q @ t(torch.tensor([0, 1, 3])).T).detach().numpy()  # (3, 3)
+    rows = [[s[r, r], max(s[r, c] for c in range(3) if c != r)] for r in range(3)]
+    assert math.isclose(one.loss.item(), ce(rows), rel_tol=1e-6)
+    assert one.loss.item() < every.loss.item()  # fewer negatives: a smaller log-partition
+    assert one.logs["effective_negatives"].item() == 1.0
+    with pytest.raises(ConfigError, match="hardest=0"):
+        InBatchSoftmax(hardest=0)
+
+
+def test_accidental_hits_marks_duplicates_known_positives_and_spares_exempt():
+    from recsys.model.candidates import accidental_hits
+
+    known = KnownPositives(train_csr())
+    users, items = torch.tensor([0, 4]), torch.tensor([0, 5])
+    cand = torch.tensor([0, 2, 5, 6])  # TRAIN[0] = [0, 2], TRAIN[4] = [0, 1, 6]
+    dup = accidental_hits(users, items, cand)
+    assert dup.tolist() == [[True, False, False, False], [False, False, True, False]]
+    both = accidental_hits(users, items, cand, known)
+    assert both[0].tolist() == [True, True, False, False]  # item 0 (the positive) and item 2 (known)
+    assert both[1].tolist() == [True, False, True, True]  # 0 and 6 known, 5 the positive
+    assert (both & ~dup).sum() > 0  # the known positives change the mask
+    spared = accidental_hits(users, items, cand, known, exempt=cand[None, :] == items[:, None])
+    assert spared[0].tolist() == [False, True, False, False] and spared[1].tolist() == [True, False, False, True]
+    none = accidental_hits(users, items, cand, duplicates=False)
+    assert not none.any()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from recsys.errors import ConfigError, DataError
-from recsys.eval.metrics import evaluate, format_table, gini, hits_matrix, per_user_metrics
+from recsys.eval.metrics import evaluate, hits_matrix, per_user_metrics
+from recsys.numeric import gini
+from recsys.reporting import metric_table
 
 # --------------------------------------------------------------------------------------
 # Worked example: N = 6 items, 4 queries, 4 results each.
@@ -207,8 +208,8 @@ def test_errors_name_the_fix():
         evaluate(I_EX, TRUTH_EX, ks=(3,), item_counts=np.ones(5))
 
 
-def test_format_table():
-    table = format_table(
+def test_metric_table():
+    table = metric_table(
         {"pop": {"recall@10": 0.07, "ndcg@10": 0.1012}, "ease": {"recall@10": 0.21449}},
         ["recall@10", "ndcg@10"],
     )
@@ -221,7 +222,7 @@ def test_format_table():
 
 
 def test_hits_matrix_scales():
-    """10,000 x 100 ids against a 1e6-item catalogue: one binary search, well under 5 s."""
+    """10,000 x 100 ids against a 1e6-item catalogue: one binary search (timed in bench/, not here)."""
     rng = np.random.default_rng(0)
     Q, K, N = 10_000, 100, 1_000_000
     I = np.stack([rng.choice(N, K, replace=False) for _ in range(Q)])
@@ -229,10 +230,9 @@ def test_hits_matrix_scales():
     cols = np.where(rng.random(Q * 20) < 0.5, I[rows, rng.integers(0, K, Q * 20)],
                     rng.integers(0, N, Q * 20))
     truth = sp.csr_matrix((np.ones(Q * 20), (rows, cols)), shape=(Q, N))
-    t = time.perf_counter()
     h = hits_matrix(I, truth)
-    elapsed = time.perf_counter() - t
     assert h.shape == (Q, K) and h.any()
-    assert elapsed < 5.0, f"hits_matrix took {elapsed:.2f} s"
+    dense = np.asarray(truth[np.arange(200)].toarray() > 0)
+    assert np.array_equal(h[:200], np.take_along_axis(dense, I[:200], axis=1))  # the same as a dense lookup
     r = evaluate(I, truth, ks=(10, 100))
     assert 0 < r["recall@100"] <= 1

@@ -26,7 +26,6 @@ import inspect
 import json
 import logging
 import math
-import platform
 import resource
 import threading
 import time
@@ -40,6 +39,7 @@ import yaml
 
 from recsys.data.datasets import shared_cache
 from recsys.errors import ConfigError, MissingDependency
+from recsys.reporting import json_safe, machine, markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -206,35 +206,22 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def markdown_table(agg: dict) -> str:
+def results_table(agg: dict) -> str:
     """model | R@10 | N@10 | R@20 | N@20 (mean±std over seeds) | train s | epochs | peak MB | prior w.
 
     ``prior w``: the popularity-prior weight chosen on validation (``prior_grid``), mean over seeds.
     """
-    head = "| model | " + " | ".join(TABLE) + " | train s | epochs | peak RSS MB | prior w |"
-    lines = [head, "|---" * (len(TABLE) + 5) + "|"]
+    def ms(s, digits):
+        return None if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+    rows = []
     for model, a in agg.items():
-        cells = [f"{a['test'][m]['mean']:.4f} ± {a['test'][m]['std']:.4f}" if m in a["test"] else "-" for m in TABLE]
-        t = a.get("train_seconds")
-        ep = a.get("epochs")
-        mb = a.get("peak_rss_mb")
-        pw = a.get("prior_weight")
-        cells += [f"{t['mean']:.1f} ± {t['std']:.1f}" if t else "-", f"{ep['mean']:.1f}" if ep else "-",
-                  f"{mb['mean']:.0f}" if mb else "-", f"{pw['mean']:.2g}" if pw else "-"]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
+        row = {"model": model, **{m: ms(a["test"].get(m), 4) for m in TABLE}}
+        t, ep, mb, pw = (a.get(k) for k in ("train_seconds", "epochs", "peak_rss_mb", "prior_weight"))
+        row.update({"train s": ms(t, 1), "epochs": ep and f"{ep['mean']:.1f}",
+                    "peak RSS MB": mb and f"{mb['mean']:.0f}", "prior w": pw and f"{pw['mean']:.2g}"})
+        rows.append(row)
+    return markdown_table(rows, ["model", *TABLE, "train s", "epochs", "peak RSS MB", "prior w"])
 
 
 def curve_ks(ks: list[int], n_items: int) -> tuple[int, ...]:
@@ -333,8 +320,8 @@ def write_report(out: Path, report: dict, data) -> str:
     from recsys import plots
 
     agg = report["aggregate"]
-    table = markdown_table(agg)
-    (out / "results.json").write_text(json.dumps(_json_safe(report), indent=2))
+    table = results_table(agg)
+    (out / "results.json").write_text(json.dumps(json_safe(report), indent=2))
     st = data.stats()
     (out / "results.md").write_text(
         f"# recsys compare: {st['dataset']} ({st['users']:,} users, {st['items']:,} items)\n\n"
@@ -378,15 +365,13 @@ def main(argv: list[str]) -> None:
             data = make_cli(["--config", str(base_path), "--config", str(run), *extra]).datamodule.data
         skipped = run_baselines(baselines, seeds, params, data, ks_req, runs)
         n_loads = len(cache)
-    import torch
 
     report = {
         "config": str(base_path), "heads": heads, "head_configs": sources, "baselines": baselines,
         "baseline_params": params, "skipped": skipped, "seeds": seeds, "ks": list(curve_ks(ks_req, data.n_items)),
         "extra_args": extra, "max_epochs": a.max_epochs, "dataset": data.stats(), "dataset_loads": n_loads,
         "wall_seconds": time.perf_counter() - t_all,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "cpus": psutil.cpu_count(),
-                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "environment": machine(),
         "notes": {"peak_rss_mb": "highest psutil RSS sampled every 0.05 s during the run (absolute, in-process)",
                   "ru_maxrss_mb": "getrusage ru_maxrss: process high-water mark since start",
                   "train_seconds": "heads: trainer.fit wall time incl. per-epoch validation; baselines: fit",

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
 
     from recsys.eval.baselines import Popularity, evaluate_baseline
     from recsys.eval.evaluate import evaluate_model
-    from recsys.eval.metrics import format_table
+    from recsys.reporting import metric_table
     from recsys.train.cli import RecsysCLI
 
     folder = configs_folder()
@@ -55,5 +55,5 @@ def main(argv: list[str]) -> None:
     cols = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "coverage@10"]
     print(f"\n{data.name}: {data.n_users} users, {data.n_items} items; full-catalogue test metrics, "
           f"seen items excluded; trained {cli.trainer.current_epoch} epochs in {secs:.1f}s\n")
-    print(format_table({f"two-tower ({type(cli.model.head).__name__})": res.metrics, "popularity": pop}, cols))
+    print(metric_table({f"two-tower ({type(cli.model.head).__name__})": res.metrics, "popularity": pop}, cols))
     print(f"\ncheckpoint: {best or cli.trainer.checkpoint_callback.last_model_path}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from recsys.errors import ConfigError
@@ -31,24 +30,19 @@ def parse_json_arg(text: str | None, flag: str) -> dict:
     return value
 
 
-def _finite(metrics: dict) -> dict:
-    """JSON-safe metrics: NaN / inf -> None."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-
-
 def evaluate_checkpoint(ckpt, split: str = "test", ks=(10, 20, 50), index: str = "exact",
                         index_params: dict | None = None, out=None, data_root=None) -> tuple[dict, str]:
     """Evaluate ``ckpt``, write ``eval_<split>.json`` / ``.md`` into ``out``; return (report, table)."""
     from recsys.artifacts.checkpoint import load_checkpoint
     from recsys.eval.evaluate import evaluate_model
-    from recsys.eval.metrics import format_table
+    from recsys.reporting import json_safe, metric_table
 
     ks = sorted({int(k) for k in ks})
     if split not in ("valid", "test"):
         raise ConfigError(f"--split {split!r}: need 'valid' or 'test'. Fix: pass one of them.")
     model, dm, meta = load_checkpoint(ckpt, data_root)
     res = evaluate_model(model, dm, split, ks=tuple(ks), index=index, index_params=index_params)
-    metrics = _finite(res.metrics)
+    metrics = json_safe(res.metrics)
     report = {
         "checkpoint": str(Path(ckpt).resolve()), "dataset": meta.dataset, "split": split, "k": ks,
         "index": index, "index_params": index_params or {}, "n_queries": int(len(res.users)),
@@ -59,7 +53,7 @@ def evaluate_checkpoint(ckpt, split: str = "test", ks=(10, 20, 50), index: str =
         report["index_recall"] = metrics["index_recall"]
     cols = [f"{m}@{k}" for k in ks for m in RANK_COLUMNS] + (["index_recall"] if "index_recall" in metrics else [])
     name = f"{meta.dataset} {meta.run_dir.name}/{Path(ckpt).stem} ({index}, {split})"
-    table = format_table({name: {c: metrics.get(c) for c in cols}}, cols)
+    table = metric_table({name: {c: metrics.get(c) for c in cols}}, cols)
     out = Path(out) if out is not None else meta.run_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / f"eval_{split}.json").write_text(json.dumps(report, indent=2))

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from recsys.data import formats
 from recsys.data.preprocess import kcore, to_implicit
-from recsys.data.recdata import RecData, from_interactions
+from recsys.data.recdata import RecData, binary_csr, from_interactions
 from recsys.data.synthetic import SyntheticConfig, make_synthetic
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
@@ -200,18 +200,10 @@ def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac
     keep = sp.diags(~is_valid * 1.0).dot(ytr).tocsr()
     held = sp.diags(is_valid * 1.0).dot(ytr).tocsr()
     zeros_tr = sp.csr_matrix((n_tr, L), dtype=np.float32)
-    train = _binary(sp.vstack([keep, empty]))
-    valid = _binary(sp.vstack([held, empty]))
-    test = _binary(sp.vstack([zeros_tr, sp.csr_matrix(yte, dtype=np.float32)]))
-    bags = _binary(sp.vstack([xtr, xte]))
+    train = binary_csr(sp.vstack([keep, empty]))
+    valid = binary_csr(sp.vstack([held, empty]))
+    test = binary_csr(sp.vstack([zeros_tr, sp.csr_matrix(yte, dtype=np.float32)]))
+    bags = binary_csr(sp.vstack([xtr, xte]))
     user_vocab = Vocab(np.arange(n_tr + n_te), name="document")
     item_vocab = Vocab(np.arange(L), name="label")
     return RecData("bibtex", train, valid, test, user_vocab, item_vocab, query_bags=bags)
-
-
-def _binary(m) -> sp.csr_matrix:
-    m = sp.csr_matrix(m, dtype=np.float32)
-    m.eliminate_zeros()
-    m.sort_indices()
-    m.data[:] = 1.0
-    return m

@@ -94,14 +94,22 @@ class RecData:
         }
 
 
-def to_csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
-    """Binary (U, N) float32 CSR with sorted indices from index arrays."""
-    m = sp.csr_matrix(
-        (np.ones(len(users), dtype=np.float32), (np.asarray(users), np.asarray(items))), shape=shape
-    )
+def binary_csr(m) -> sp.csr_matrix:
+    """``m`` (any scipy.sparse matrix or array) as a binary float32 CSR: duplicates summed,
+    stored zeros dropped, indices sorted, every stored value 1. The one binariser of the
+    project (train / valid / test matrices, document bags, baselines' inputs)."""
+    m = sp.csr_matrix(m, dtype=np.float32)
     m.sum_duplicates()
+    m.eliminate_zeros()
+    m.sort_indices()
     m.data[:] = 1.0
     return m
+
+
+def to_csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Binary (U, N) float32 CSR with sorted indices from index arrays."""
+    return binary_csr(sp.csr_matrix((np.ones(len(users), dtype=np.float32), (np.asarray(users), np.asarray(items))),
+                                    shape=shape))
 
 
 def from_interactions(

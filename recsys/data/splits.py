@@ -30,7 +30,6 @@ def split_random(
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(df)), df["user"].to_numpy()))
     d = df.iloc[order].reset_index(drop=True)
-    users = d["user"].to_numpy()
     n = d.groupby("user", sort=False)["user"].transform("size").to_numpy()
     pos = d.groupby("user", sort=False).cumcount().to_numpy()
     n_valid = np.floor(ratios[1] * n).astype(np.int64)
@@ -40,7 +39,6 @@ def split_random(
     n_valid = np.where((n_valid == 0) & (ratios[1] * n > 0) & (n - n_test - 1 > 1), 1, n_valid)
     n_train = n - n_valid - n_test
     part = np.where(pos < n_train, 0, np.where(pos < n_train + n_valid, 1, 2))
-    del users
     return tuple(d[part == p].reset_index(drop=True) for p in range(3))  # type: ignore[return-value]
 
 

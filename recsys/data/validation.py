@@ -43,6 +43,13 @@ def _clean_ids(s: pd.Series, source: str, name: str) -> pd.Series:
             raise data_error(source, f"column '{name}' has {n} non-integer numeric ids (first at row "
                        f"{i}: {s.iloc[i]!r}); ids must be integers or strings",
                        "convert the ids to integers or read them as strings")
+        # a float holds every integer exactly only up to 2**53 (and int64 stops at 2**63): larger
+        # or infinite values (e.g. '1e101' in a text file) are not ids
+        n, i = first_true(~np.isfinite(s) | (s.abs() > 2.0**53))
+        if n:
+            raise data_error(source, f"column '{name}' has {n} numeric ids beyond +-2**53 or infinite (first "
+                       f"at row {i}: {s.iloc[i]!r}); numeric ids must be exact integers",
+                       "write the ids as integers (not in exponent notation) or read them as strings")
     if numeric:
         return s.astype("int64")
     return s.astype(str)  # raw string ids (mixed python objects become their str())

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.data.recdata import RecData
+from recsys.data.recdata import RecData, binary_csr
 from recsys.errors import ConfigError, DataError, missing_dependency
 from recsys.eval.evaluate import EvalResult, score_topk
 from recsys.retrieval import ExactRetriever
@@ -57,10 +57,7 @@ class Baseline(ABC):
                 f"train is {type(X).__name__} with shape {getattr(X, 'shape', None)}: baselines "
                 "need a (U, N) scipy.sparse matrix with N >= 1. Fix: pass a RecData or its train CSR."
             )
-        X = sp.csr_matrix(X, dtype=np.float32)
-        X.sum_duplicates()
-        X.eliminate_zeros()
-        X.data[:] = 1.0  # binary implicit feedback
+        X = binary_csr(X)  # binary implicit feedback
         self.train = X
         t = time.perf_counter()
         self._fit(X)

@@ -33,7 +33,7 @@ from recsys.errors import ConfigError, DataError
 from recsys.numeric import gini
 from recsys.retrieval.keys import member
 
-__all__ = ["hits_matrix", "per_user_metrics", "evaluate", "format_table", "RANK_METRICS"]
+__all__ = ["hits_matrix", "per_user_metrics", "evaluate", "RANK_METRICS"]
 
 # The per-user ranking metrics, in the order they appear in tables.
 RANK_METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
@@ -198,28 +198,3 @@ def evaluate(
             out[f"popularity@{k}"] = float("nan") if empty else float(item_counts[rec].mean())
             out[f"popularity_pct@{k}"] = float("nan") if empty else float(pct[rec].mean())
     return out
-
-
-def format_table(
-    rows: dict[str, dict[str, float]], metrics: list[str], digits: int = 4
-) -> str:
-    """Markdown table: one row per model (the keys of ``rows``), one column per metric.
-
-    A metric missing from a model's dict prints as ``-``.
-
-    >>> print(format_table({"pop": {"recall@10": 0.07}}, ["recall@10", "ndcg@10"]))
-    | model | recall@10 | ndcg@10 |
-    |---|---|---|
-    | pop | 0.0700 | - |
-    """
-
-    def cell(v: float | None) -> str:
-        return "-" if v is None else f"{v:.{digits}f}"
-
-    lines = [
-        "| model | " + " | ".join(metrics) + " |",
-        "|---" * (len(metrics) + 1) + "|",
-    ]
-    for name, values in rows.items():
-        lines.append(f"| {name} | " + " | ".join(cell(values.get(m)) for m in metrics) + " |")
-    return "\n".join(lines)

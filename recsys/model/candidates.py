@@ -1,10 +1,17 @@
-"""Negative samplers: which items to score, with the log of their expected count.
+"""Candidate sources: which items a head scores besides the positive, and which of them
+are accidental hits.
 
-``sample(M)`` returns ``(ids (M,), log_q (M,))`` where ``log_q[j] = log E[#times ids[j]
-is drawn in one call]`` (= log(M p_j) for M draws with replacement from p). Subtracting it
-from the logits is the logQ correction (``recsys.model.corrections.subtract_log_q``). Every
-sampler draws from an inverse CDF with ``torch.searchsorted``: O(M log N) per call, so the
-cost of a step does not grow with the catalogue beyond a log.
+Samplers: ``sample(M)`` returns ``(ids (M,), log_q (M,))`` where ``log_q[j] = log E[#times
+ids[j] is drawn in one call]`` (= log(M p_j) for M draws with replacement from p).
+Subtracting it from the logits is the logQ correction (``recsys.model.corrections``). The
+popularity and log-uniform samplers draw from an inverse CDF with ``torch.searchsorted``
+(O(M log N) per call); the uniform one with ``torch.randint`` (O(M)). Every head that draws
+negatives uses one: ``SampledSoftmax`` its injected sampler, ``MultiLabelSigmoid`` (sampled
+mode) and the mixed in-batch heads a ``UniformSampler``. The in-batch candidates themselves
+are the batch's positives (``InBatchSoftmax.candidates``).
+
+``accidental_hits`` is the one place where the (B, C) mask of candidates that are not
+negatives of a row is built (the row's positive drawn again, the user's train items).
 """
 
 from __future__ import annotations
@@ -68,9 +75,10 @@ class UniformSampler(Sampler):
         self.replacement = replacement
 
     def sample(self, M: int, generator: torch.Generator | None = None):
-        if self.replacement:
-            return super().sample(M, generator)
         self._check_bound()
+        if self.replacement:  # M independent uniform draws: expected count M / N each
+            ids = torch.randint(self.n_items, (M,), generator=generator, device=self.probs.device)
+            return ids, torch.full((M,), math.log(M / self.n_items), device=self.probs.device)
         if M > self.n_items:
             raise ConfigError(
                 f"num_negatives={M} without replacement exceeds the catalogue N={self.n_items}. "
@@ -78,6 +86,11 @@ class UniformSampler(Sampler):
             )
         ids = torch.randperm(self.n_items, generator=generator)[:M].to(self.probs.device)
         return ids, torch.full((M,), math.log(M / self.n_items), device=self.probs.device)
+
+    def log_q(self, ids: torch.Tensor, M: int) -> torch.Tensor:
+        """log(M / N) for every id: the expected count of any item in M uniform draws."""
+        self._check_bound()
+        return torch.full(ids.shape, math.log(M / self.n_items), device=ids.device)
 
     def proposal(self, counts: np.ndarray) -> np.ndarray:
         return np.ones_like(counts)
@@ -109,3 +122,24 @@ class LogUniformSampler(Sampler):
 
 
 SAMPLERS = {"uniform": UniformSampler, "popularity": PopularitySampler, "log_uniform": LogUniformSampler}
+
+
+def accidental_hits(users: torch.Tensor, items: torch.Tensor, cand: torch.Tensor, known=None,
+                    duplicates: bool = True, exempt: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C) bool: candidate c of row b is not a negative of that row and must be masked.
+
+    users (B,), items (B,) the rows' positives, cand (C,) shared or (B, C) per-row candidate
+    ids. ``duplicates``: a candidate equal to the row's positive (drawn again, or the same item
+    twice in a batch); ``known`` (``KnownPositives``): a train item of the row's user;
+    ``exempt`` (B, C): entries never marked (e.g. the row's own positive among in-batch
+    candidates, which is column 0 of the logits already).
+    """
+    cand2 = cand if cand.dim() == 2 else cand[None, :].expand(len(items), -1)  # (B, C)
+    hits = torch.zeros(cand2.shape, dtype=torch.bool, device=cand.device)
+    if duplicates:
+        hits = cand2 == items[:, None]
+    if known is not None:
+        hits = hits | known.contains(users, cand)
+    if exempt is not None:
+        hits = hits & ~exempt
+    return hits

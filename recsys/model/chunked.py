@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from recsys.errors import ConfigError
+from recsys.model.corrections import mask
 
 
 class _ChunkedReduce(torch.autograd.Function):
@@ -32,7 +33,7 @@ class _ChunkedReduce(torch.autograd.Function):
         for s in range(0, N, chunk):
             logits = q @ v[s:s + chunk].T  # (B, c)
             if masked:
-                _mask_chunk(logits, mask_rows, mask_cols, s)
+                logits = _mask_chunk(logits, mask_rows, mask_cols, s)
             if kind == "lse":
                 out = torch.logaddexp(out, torch.logsumexp(logits, dim=1))
             else:
@@ -50,7 +51,7 @@ class _ChunkedReduce(torch.autograd.Function):
             vc = v[s:s + ctx.chunk]
             logits = q @ vc.T  # (B, c)
             if ctx.masked:
-                _mask_chunk(logits, mask_rows, mask_cols, s)
+                logits = _mask_chunk(logits, mask_rows, mask_cols, s)
             if ctx.kind == "lse":
                 w = torch.exp(logits - out[:, None]) * g[:, None]  # softmax weights
             else:
@@ -61,12 +62,15 @@ class _ChunkedReduce(torch.autograd.Function):
         return gq, gv, gb.to(bias.dtype), None, None, None, None
 
 
-def _mask_chunk(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, s: int) -> None:
-    """Set logits[rows, cols - s] = -inf in place for the entries inside chunk [s, s + c);
-    ``cols`` sorted."""
+def _mask_chunk(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, s: int) -> torch.Tensor:
+    """``logits`` (B, c) of chunk [s, s + c) with the entries (rows, cols) inside it masked by
+    ``recsys.model.corrections.mask`` (-inf); ``cols`` sorted."""
     lo, hi = torch.searchsorted(cols, torch.tensor([s, s + logits.shape[1]], device=cols.device)).tolist()
-    if hi > lo:
-        logits[rows[lo:hi], cols[lo:hi] - s] = float("-inf")
+    if hi <= lo:
+        return logits
+    hits = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)  # (B, c)
+    hits[rows[lo:hi], cols[lo:hi] - s] = True
+    return mask(logits, hits)
 
 
 def _no_mask(q: torch.Tensor) -> torch.Tensor:

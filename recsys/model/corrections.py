@@ -7,6 +7,12 @@
 
 Each is a tiny function from logits to logits (the shape TensorFlow Recommenders uses) so
 each can be tested on a hand-worked example. Column 0 of the result is the positive.
+
+Every head goes through this path: the sampled, in-batch and hard-negative heads call
+``corrected_logits``; the full-catalogue heads (``FullSoftmax``, ``MultiLabelSigmoid``), whose
+(B, N) logits are never held whole, apply step 1 to the query (q / T, the same logits) and
+step 3 with ``mask`` chunk by chunk (``recsys.model.chunked``); they sample nothing, so step
+2 does not arise, and they keep every negative. The sampled sigmoid masks with ``mask`` too.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from collections.abc import MutableMapping
 
 import torch
 
+from recsys.errors import ConfigError
+
 
 def _closure_loss(closure):
     """The loss of ``closure`` (re-evaluated with gradients), or None: ``step(closure)``."""
@@ -113,7 +115,9 @@ class SparseAdam(torch.optim.SparseAdam):
                     continue
                 grad = p.grad
                 if not grad.is_sparse:
-                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+                    raise ConfigError(f"SparseAdam got a dense gradient for a parameter of shape {tuple(p.shape)}: "
+                                      "it updates sparse id tables only. Fix: set sparse: true on the tower's id "
+                                      "tables, or use a dense optimizer (dense_optimizer) for this parameter.")
                 if grad.sparse_dim() != 1:
                     fallback.append((group, p))
                     continue
@@ -185,7 +189,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 0.05, eps: float = 1e-8, initial_accumulator_value: float = 0.0):
         if not (lr > 0 and eps >= 0 and initial_accumulator_value >= 0):
-            raise ValueError(
+            raise ConfigError(
                 f"RowWiseAdagrad lr={lr}, eps={eps}, initial_accumulator_value={initial_accumulator_value}: need "
                 "lr > 0 and eps, initial_accumulator_value >= 0. Fix: e.g. lr=0.05, eps=1e-8, "
                 "initial_accumulator_value=0."
@@ -209,7 +213,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 grad = p.grad
                 if grad.is_sparse:
                     if grad.sparse_dim() != 1:
-                        raise RuntimeError(
+                        raise ConfigError(
                             f"RowWiseAdagrad got a gradient with {grad.sparse_dim()} sparse dimensions: it "
                             "updates whole rows of an id table (1 sparse dimension). Fix: use it for "
                             "nn.Embedding / nn.EmbeddingBag weights only."

@@ -22,6 +22,18 @@ __all__ = ["ExactRetriever"]
 logger = logging.getLogger(__name__)
 
 
+def _first_k(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, q: int, k: int):
+    """The final selection of both kernels: candidates (rows, cols, vals) -> D, I (q, k) with
+    each row's k best by score desc, ties by smaller id; None when a row has fewer than k."""
+    order = np.lexsort((cols, -vals, rows))  # by row, then score desc, then id asc
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    start = np.searchsorted(rows, np.arange(q))  # (q,) first candidate of each row
+    keep = np.arange(rows.size) - start[rows] < k  # the first k of each row
+    if keep.sum() != q * k:
+        return None
+    return vals[keep].reshape(q, k), cols[keep].reshape(q, k)
+
+
 def _topk_block(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, column ids) of each row of the score block S (q, n), best first.
 
@@ -62,7 +74,8 @@ def _topk_block(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             i, j = np.nonzero(tail >= t[tr][:, None])
             rows, cols, vals = (np.concatenate([rows, tr[i]]), np.concatenate([cols, B * w + j]),
                                 np.concatenate([vals, tail[i, j]]))
-    if rows is None or rows.size > 16 * q * k:  # ties: argpartition, few rows at a time
+    out = None if rows is None or rows.size > 16 * q * k else _first_k(rows, cols, vals, q, k)
+    if out is None:  # ties: argpartition, few rows at a time
         D, I = np.empty((q, k), S.dtype), np.empty((q, k), np.int64)
         g = max(1, 2**24 // n)  # rows per step: argpartition's index array is (g, n) int64
         for r in range(0, q, g):
@@ -70,11 +83,7 @@ def _topk_block(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             Sr = np.take_along_axis(S[r : r + g], part, axis=1)
             D[r : r + g], I[r : r + g] = _sort_rows(Sr, part, k)
         return D, I
-    order = np.lexsort((cols, -vals, rows))  # by row, then score desc, then id asc
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    start = np.searchsorted(rows, np.arange(q))  # (q,) first candidate of each row
-    keep = np.arange(rows.size) - start[rows] < k  # the first k of each row
-    return vals[keep].reshape(q, k), cols[keep].reshape(q, k)
+    return out
 
 
 class ExactRetriever(Retriever):
@@ -222,10 +231,5 @@ def _select(xq: np.ndarray, xb: np.ndarray, k: int, ic: int, w: int,
     rows, cols, vals = (np.concatenate(x) for x in zip(*found))
     keep = vals >= t[rows]
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    order = np.lexsort((cols, -vals, rows))  # by row, then score desc, then id asc
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    start = np.searchsorted(rows, np.arange(q))  # (q,) first candidate of each row
-    keep = np.arange(rows.size) - start[rows] < k  # the first k of each row
-    if keep.sum() != q * k:  # a row with fewer than k candidates: cannot happen, but be safe
-        return full_rows()
-    return vals[keep].reshape(q, k), cols[keep].reshape(q, k)
+    out = _first_k(rows, cols, vals, q, k)
+    return full_rows() if out is None else out  # None: a row with fewer than k candidates (be safe)

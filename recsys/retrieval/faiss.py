@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import faiss
 import numpy as np
 
-from recsys.errors import ConfigError, DataError
+from recsys.errors import ConfigError, DataError, require
 from recsys.retrieval.base import Retriever, _pad
 from recsys.retrieval.keys import member
 
@@ -62,23 +62,31 @@ class _FaissRetriever(Retriever):
         return None
 
     def _search(self, xq, k, exclude):
+        # stored entries per query: an upper bound on what has to be dropped
+        n_ex = np.zeros(xq.shape[0], np.int64) if exclude is None else np.diff(exclude.indptr)
+        with _faiss_threads(self.threads):
+            return self._overfetch(xq, k, exclude, n_ex,
+                                   lambda qs, kk: self.index.search(xq[qs], kk, params=self._params(kk)))
+
+    def _overfetch(self, xq, k, exclude, n_ex, search):
+        """The one over-fetch loop: queries in chunks of ``query_chunk``, ordered by ``n_ex``
+        (how many excluded items each may meet, so one heavy user only enlarges the k' of the
+        queries beside it); ``search(qs, k')`` -> (d, i) (c, k') for query ids ``qs``; the
+        excluded ids are dropped and the first k kept."""
         Q = xq.shape[0]
         D = np.empty((Q, k), dtype=np.float32)
         I = np.empty((Q, k), dtype=np.int64)
-        # stored entries per query: an upper bound on what has to be dropped
-        n_ex = np.zeros(Q, np.int64) if exclude is None else np.diff(exclude.indptr)
         order = np.argsort(n_ex, kind="stable")  # light users first, heavy users together
-        with _faiss_threads(self.threads):
-            for c0 in range(0, Q, self.query_chunk):
-                qs = order[c0 : c0 + self.query_chunk]  # (c,) query ids of this chunk
-                kk = min(k + int(n_ex[qs].max()), self.N)
-                d, i = self.index.search(xq[qs], kk, params=self._params(kk))  # (c, kk)
-                if exclude is not None:
-                    i[member(i, exclude[qs])] = -1  # excluded -> pad, then pads go last
-                    first = np.argsort(i < 0, axis=1, kind="stable")[:, :k]  # (c, k)
-                    d = np.take_along_axis(d, first, axis=1)
-                    i = np.take_along_axis(i, first, axis=1)
-                D[qs], I[qs] = _pad(d, i)
+        for c0 in range(0, Q, self.query_chunk):
+            qs = order[c0 : c0 + self.query_chunk]  # (c,) query ids of this chunk
+            kk = min(k + int(n_ex[qs].max()), self.N)
+            d, i = search(qs, kk)  # (c, kk)
+            if exclude is not None:
+                i[member(i, exclude[qs])] = -1  # excluded -> pad, then pads go last
+                first = np.argsort(i < 0, axis=1, kind="stable")[:, :k]  # (c, k)
+                d = np.take_along_axis(d, first, axis=1)
+                i = np.take_along_axis(i, first, axis=1)
+            D[qs], I[qs] = _pad(d, i)
         return D, I
 
 
@@ -127,7 +135,9 @@ class FaissIVFRetriever(_FaissRetriever):
             nlist = len(self.centroids)
             self.quantizer.add(self.centroids)
             index = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            assert index.is_trained, (nlist, self.quantizer.ntotal)
+            require(index.is_trained, f"IVF index over {self.quantizer.ntotal} reused cells (nlist={nlist}) is not "
+                    "trained: the cells must be (nlist, D) float32. Fix: pass the centroids of an earlier build.",
+                    DataError)
             index.add(xb)
             index.nprobe = min(self.nprobe, nlist)
             logger.info("ivf: nlist=%d nprobe=%d, cells reused", nlist, index.nprobe)
@@ -170,26 +180,15 @@ class FaissIVFRetriever(_FaissRetriever):
         if exclude is None:
             return super()._search(xq, k, exclude)
         Q = xq.shape[0]
-        nprobe = self.index.nprobe
-        D = np.empty((Q, k), dtype=np.float32)
-        I = np.empty((Q, k), dtype=np.int64)
         with _faiss_threads(self.threads):
-            Dq, Iq = self.index.quantizer.search(xq, nprobe)  # (Q, nprobe) probed cells
+            Dq, Iq = self.index.quantizer.search(xq, self.index.nprobe)  # (Q, nprobe) probed cells
             rows = np.repeat(np.arange(Q), np.diff(exclude.indptr))  # excluded (row, item)
             keep = exclude.data != 0
             rows, cells = rows[keep], self._cells()[exclude.indices[keep]]
             probed = (Iq[rows] == cells[:, None]).any(axis=1)  # excluded item in a probed cell
             n_ex = np.bincount(rows[probed], minlength=Q)  # (Q,) what the search may return
-            order = np.argsort(n_ex, kind="stable")
-            for c0 in range(0, Q, self.query_chunk):
-                qs = order[c0 : c0 + self.query_chunk]
-                kk = min(k + int(n_ex[qs].max()), self.N)
-                d, i = self.index.search_preassigned(xq[qs], kk, Iq[qs], Dq[qs])  # (c, kk)
-                i[member(i, exclude[qs])] = -1  # excluded -> pad, then pads go last
-                first = np.argsort(i < 0, axis=1, kind="stable")[:, :k]  # (c, k)
-                D[qs], I[qs] = _pad(np.take_along_axis(d, first, axis=1),
-                                    np.take_along_axis(i, first, axis=1))
-        return D, I
+            return self._overfetch(xq, k, exclude, n_ex,
+                                   lambda qs, kk: self.index.search_preassigned(xq[qs], kk, Iq[qs], Dq[qs]))
 
 
 class FaissHNSWRetriever(_FaissRetriever):

@@ -1,5 +1,6 @@
-"""Command line: ``recsys fit|validate|test|predict`` (LightningCLI) and the project's own
-commands ``demo``, ``data stats``, ``evaluate``, ``compare``, ``recommend``, ``export``.
+"""The training command line: ``recsys fit|validate|test|predict`` (LightningCLI). The
+``recsys`` console script itself, which also dispatches the project's own commands, is
+``recsys.commands.console``.
 """
 
 from __future__ import annotations
@@ -71,9 +72,6 @@ class RecsysCLI(LightningCLI):
         self.model.recsys_config = self._parser(self.subcommand).dump(cfg, skip_link_targets=True)
 
 
-OWN_COMMANDS = ("demo", "data", "evaluate", "compare", "recommend", "export")
-
-
 def _class_choices(key: str) -> list[str]:
     """Valid class paths for a ``head`` or ``sampler`` key (empty for other keys)."""
     from recsys.model import candidates, heads
@@ -120,38 +118,17 @@ def config_error(e: BaseException) -> RecsysError | None:
                        "(`recsys fit --help` lists them).")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``recsys`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] in OWN_COMMANDS:
-            from recsys import commands
-
-            commands.run(argv[0], argv[1:])
-            return
-        try:  # bad values raise (ArgumentError), turned into one ConfigError line below
-            RecsysCLI(args=argv, parser_kwargs={"exit_on_error": False})
-        except (ArgumentError, ValueError) as e:
-            err = config_error(e)
-            if err is None:
-                raise
-            raise err from e
-    except RecsysError as e:
-        if not _IS_CONSOLE:  # called from Python (tests, notebooks): keep the exception
+def run_cli(argv: list[str]) -> RecsysCLI:
+    """``recsys fit|validate|test|predict ...``: run LightningCLI on ``argv``; a value the
+    parser rejects raises one ``ConfigError`` (``config_error``) instead of argparse's exit."""
+    try:  # bad values raise (ArgumentError), turned into one ConfigError line below
+        return RecsysCLI(args=argv, parser_kwargs={"exit_on_error": False})
+    except (ArgumentError, ValueError) as e:
+        err = config_error(e)
+        if err is None:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise err from e
 
 
-_IS_CONSOLE = False
-
-
-def console() -> None:
-    """The ``recsys`` console script: project errors print one line and exit with code 2."""
-    global _IS_CONSOLE
-    _IS_CONSOLE = True
-    main()
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m recsys.train.cli fit ... (the Lightning subcommands)
+    run_cli(sys.argv[1:])

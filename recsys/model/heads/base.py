@@ -76,6 +76,18 @@ class KnownPositives:
         return rows.to(users.device), cols.to(users.device)
 
 
+# The diagnostics every head logs (as train/<key>), spelled once.
+LOG_KEYS = ("temperature", "pos_logit", "neg_logit", "accidental_hit_rate", "effective_negatives")
+
+
+def head_logs(temperature, pos_logit, neg_logit, accidental_hit_rate, effective_negatives, **extra) -> dict:
+    """The ``LOG_KEYS`` diagnostics of a step (scalars), plus a head's own ``extra`` ones:
+    T, the mean positive and negative logit, the share of candidates that were accidental
+    hits, and the negatives that carried probability mass per example."""
+    values = (temperature, pos_logit, neg_logit, accidental_hit_rate, effective_negatives)
+    return {**{k: torch.as_tensor(v).detach() for k, v in zip(LOG_KEYS, values)}, **extra}
+
+
 @dataclass
 class HeadOutput:
     """A head's loss and the diagnostics it logs (scalars)."""
@@ -132,20 +144,7 @@ class Head(nn.Module):
             rate = torch.tensor(0.0, device=pos.device)
             if hits is not None:  # share of real candidates that were accidental hits
                 rate = (hits & candidates).sum().float() / candidates.sum().clamp(min=1)
-            logs = {
-                "temperature": T.detach(),
-                "pos_logit": pos.mean(),
-                "neg_logit": neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
-                "accidental_hit_rate": rate,
-                "effective_negatives": kept.sum(1).float().mean(),
-            }
+            logs = head_logs(T, pos.mean(), neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
+                             rate, kept.sum(1).float().mean())
             logs.update(extra_logs or {})
         return HeadOutput(loss, logs)
-
-    def hits_mask(self, users, pos_items, cand, mask_known: bool) -> torch.Tensor:
-        """(B, C) True where a candidate equals the positive or (optionally) a known positive."""
-        cand2 = cand if cand.dim() == 2 else cand[None, :]
-        hits = cand2 == pos_items[:, None]
-        if mask_known and self.known is not None:
-            hits = hits | self.known.contains(users, cand)
-        return hits

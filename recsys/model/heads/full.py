@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from recsys.model.chunked import chunked_logsumexp
-from recsys.model.heads.base import Head, HeadOutput
+from recsys.model.heads.base import Head, HeadOutput, head_logs
 
 
 class FullSoftmax(Head):
@@ -54,8 +54,6 @@ class FullSoftmax(Head):
         loss = (lse - pos / T).mean()
         with torch.no_grad():
             n_masked = 0.0 if mask is None else len(mask[0]) / len(pos)  # masked per example
-            logs = {"temperature": T.detach(), "pos_logit": pos.mean(),
-                    "neg_logit": (q @ v_all.mean(0)).mean(),
-                    "accidental_hit_rate": torch.tensor(n_masked / max(v_all.shape[0] - 1, 1)),
-                    "effective_negatives": torch.tensor(float(v_all.shape[0] - 1 - n_masked))}
+            logs = head_logs(T, pos.mean(), (q @ v_all.mean(0)).mean(), n_masked / max(v_all.shape[0] - 1, 1),
+                             float(v_all.shape[0] - 1 - n_masked))
         return HeadOutput(loss, logs)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from recsys.errors import ConfigError
+from recsys.model.candidates import UniformSampler, accidental_hits
 from recsys.model.corrections import log_frequency
 from recsys.model.distributed import gather_candidates
 from recsys.model.heads.base import Head, HeadOutput
@@ -67,14 +68,21 @@ class InBatchSoftmax(Head):
         mask_known_positives: also mask negatives that are train items of the user.
         num_uniform: M uniform negatives added to the batch's (mixed negatives), 0 = off.
         streaming_alpha: learning rate of the streaming estimator.
+        hardest: keep only the k largest corrected negative logits of each row (the hard-negative
+            mining transform of TensorFlow Recommenders' retrieval task, step 4 of
+            ``recsys.model.corrections``); None keeps every negative.
         temperature / learn_temperature: T.
     """
 
     def __init__(self, logq: str = "static", mask_duplicates: bool = True,
                  mask_known_positives: bool = False, num_uniform: int = 0,
                  streaming_alpha: float = 0.01, temperature: float = 1.0,
-                 learn_temperature: bool = False, logq_weight: float = 1.0):
+                 learn_temperature: bool = False, logq_weight: float = 1.0, hardest: int | None = None):
         super().__init__(temperature, learn_temperature)
+        if hardest is not None and not (isinstance(hardest, int) and hardest >= 1):
+            raise ConfigError(f"hardest={hardest!r}: need an integer >= 1 (negatives kept per row) or null. "
+                              "Fix: e.g. hardest=64, or hardest=null to keep every negative.")
+        self.hardest = hardest
         if logq not in ("static", "streaming", "none"):
             raise ConfigError(f"logq='{logq}': need 'static', 'streaming' or 'none'. Fix: pick one.")
         if not 0.0 <= logq_weight <= 1.0:
@@ -86,6 +94,7 @@ class InBatchSoftmax(Head):
         self.streaming_alpha = streaming_alpha
         self.register_buffer("log_p", torch.empty(0), persistent=False)
         self.streaming: StreamingFrequency | None = None
+        self.uniform = UniformSampler() if num_uniform else None  # mixed negatives (Yang et al. 2020)
 
     def size_checks(self, n_items: int) -> list[tuple[str, int, int, str]]:
         if not self.num_uniform:
@@ -96,6 +105,8 @@ class InBatchSoftmax(Head):
         super().bind(schema, known)
         counts = np.zeros(schema.n_items) if schema.item_counts is None else schema.item_counts  # none: uniform
         self.log_p = torch.from_numpy(log_frequency(counts)).float()
+        if self.uniform is not None:
+            self.uniform.bind(np.zeros(schema.n_items))
         if self.logq == "streaming" and self.streaming is None:
             self.streaming = StreamingFrequency(schema.n_items, alpha=self.streaming_alpha)
 
@@ -123,7 +134,7 @@ class InBatchSoftmax(Head):
         B = len(items)
         cand = items
         if self.num_uniform:
-            cand = torch.cat([items, torch.randint(self.n_items, (self.num_uniform,), device=items.device)])
+            cand = torch.cat([items, self.uniform.sample(self.num_uniform)[0].to(items.device)])
         v = item_tower(cand)  # (C, D), C = B + M
         # DDP: the batch positives of every process (autograd-aware gather), uniform ones
         # stay local; this process's positives are rows off .. off + B. No-op on one process.
@@ -133,17 +144,14 @@ class InBatchSoftmax(Head):
         neg = q @ v.T  # (B, C)
         own = torch.zeros_like(neg, dtype=torch.bool)
         own[:, off:off + B] = torch.eye(B, dtype=torch.bool, device=q.device)  # the positive itself
-        hits = torch.zeros_like(own)
-        if self.mask_duplicates:
-            hits = (cand[None, :] == items[:, None]) & ~own  # duplicates of the positive
-        if self.mask_known_positives and self.known is not None:
-            hits = hits | (self.known.contains(users, cand) & ~own)
+        hits = accidental_hits(users, items, cand, self.known if self.mask_known_positives else None,
+                               duplicates=self.mask_duplicates, exempt=own)  # (B, C)
         lq = self.candidate_log_q(cand, Bg)
         return pos, neg, (None if lq is None else lq[off:off + B]), lq, hits, own
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
         pos, neg, lq_pos, lq_neg, hits, own = self.candidates(q, batch["user"], batch["item"], item_tower)
-        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits, drop=own)
+        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits, hardest=self.hardest, drop=own)
         if self.streaming is not None and self.training:
             self.streaming.update(batch["item"])
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys.model.candidates import LogUniformSampler, Sampler
+from recsys.model.candidates import LogUniformSampler, Sampler, accidental_hits
 from recsys.model.heads.base import Head, HeadOutput
 
 
@@ -59,8 +59,9 @@ class SampledSoftmax(Head):
         neg = q @ item_tower(cand).T  # (B, M)
         hits = None
         if self.remove_accidental_hits or self.mask_known_positives:
-            hits = self.hits_mask(users, items, cand, self.mask_known_positives)
-            if not self.remove_accidental_hits:
-                hits = hits & (cand[None, :] != items[:, None])
+            # without remove_accidental_hits a draw of the positive stays a negative, even though
+            # it is a train item of the user
+            hits = accidental_hits(users, items, cand, self.known if self.mask_known_positives else None,
+                                   exempt=None if self.remove_accidental_hits else cand[None, :] == items[:, None])
         lq_pos = self.sampler.log_q(items, self.num_negatives) if self.logq_correction else None
         return self.softmax_loss(pos, neg, lq_pos, log_q if self.logq_correction else None, hits)

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.model.candidates import UniformSampler, accidental_hits
 from recsys.model.chunked import chunked_softplus_sum
-from recsys.model.heads.base import Head, HeadOutput
+from recsys.model.corrections import mask
+from recsys.model.heads.base import Head, HeadOutput, head_logs
 
 
 class MultiLabelSigmoid(Head):
@@ -45,6 +47,7 @@ class MultiLabelSigmoid(Head):
         super().__init__(temperature, learn_temperature)
         self.num_negatives, self.negative_weight, self.chunk = num_negatives, negative_weight, chunk
         self.bias = nn.Parameter(torch.tensor(0.0))
+        self.sampler = UniformSampler()  # the k shared negatives of sampled mode
 
     def size_checks(self, n_items: int) -> list[tuple[str, int, int, str]]:
         if self.num_negatives is None:
@@ -53,6 +56,7 @@ class MultiLabelSigmoid(Head):
 
     def bind(self, schema, known) -> None:
         super().bind(schema, known)
+        self.sampler.bind(np.zeros(schema.n_items))
         if schema.item_counts is not None:  # start at the base rate: sigmoid(b) = mean density
             rate = float(np.asarray(schema.item_counts).sum()) / (schema.n_users * schema.n_items)
             with torch.no_grad():
@@ -77,25 +81,21 @@ class MultiLabelSigmoid(Head):
         neg_all = chunked_softplus_sum(qs, v_all, self.bias, self.chunk)  # (B,)
         loss = (neg_all.sum() - pos_sum) / len(users)
         with torch.no_grad():
-            logs = {"temperature": T.detach(), "pos_logit": pos_sum / max(1, len(j)),
-                    "neg_logit": (qs @ v_all.mean(0)).mean() + self.bias,
-                    "accidental_hit_rate": torch.tensor(0.0),
-                    "effective_negatives": torch.tensor(float(v_all.shape[0]) - len(j) / len(users))}
+            logs = head_logs(T, pos_sum / max(1, len(j)), (qs @ v_all.mean(0)).mean() + self.bias, 0.0,
+                             float(v_all.shape[0]) - len(j) / len(users))
         return HeadOutput(loss, logs)
 
     def _sampled(self, qs, users, items, item_tower, T) -> HeadOutput:
         k = self.num_negatives
         N = item_tower.n_items
-        cand = torch.randint(N, (k,), device=qs.device)  # (k,) shared uniform negatives
+        cand, _ = self.sampler.sample(k)  # (k,) shared uniform negatives
         pos = (qs * item_tower(items)).sum(-1) + self.bias  # (B,)
-        neg = qs @ item_tower(cand).T + self.bias  # (B, k)
-        hits = self.hits_mask(users, items, cand, mask_known=True)  # (B, k)
+        hits = accidental_hits(users, items, cand, self.known)  # (B, k) the positive, known positives
+        neg = mask(qs @ item_tower(cand).T + self.bias, hits)  # (B, k), hits at -inf: softplus 0
         w = self.negative_weight if self.negative_weight is not None else N / k  # unbiased
-        loss = (F.softplus(-pos) + w * (F.softplus(neg) * (~hits)).sum(1)).mean()
+        loss = (F.softplus(-pos) + w * F.softplus(neg).sum(1)).mean()
         with torch.no_grad():
             live = ~hits  # (B, k) negatives that count
-            logs = {"temperature": T.detach(), "pos_logit": pos.mean(),
-                    "neg_logit": neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
-                    "accidental_hit_rate": hits.float().mean(),
-                    "effective_negatives": (~hits).sum(1).float().mean()}
+            logs = head_logs(T, pos.mean(), neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
+                             hits.float().mean(), live.sum(1).float().mean())
         return HeadOutput(loss, logs)

@@ -105,3 +105,12 @@ def test_use_before_bind_raises(sampler):
         sampler.sample(3)
     with pytest.raises(ConfigError, match="before bind"):
         sampler.log_q(torch.tensor([0]), 3)
+
+
+def test_uniform_with_replacement_draws_every_item_equally_and_log_q_is_log_M_over_N():
+    s = UniformSampler()
+    s.bind(COUNTS)
+    ids, log_q = s.sample(DRAWS, torch.Generator().manual_seed(0))
+    assert chi_square(ids, torch.full((6,), 1 / 6)) < CHI2_MAX
+    assert torch.allclose(log_q, torch.full((DRAWS,), math.log(DRAWS / 6)))
+    assert torch.allclose(s.log_q(torch.tensor([0, 5]), 10), torch.full((2,), math.log(10 / 6)))

@@ -418,3 +418,12 @@ def test_download_registry_has_official_archives():
     assert "/data/ml-1m" in hint and "ratings.dat" in hint and "movies.dat" in hint
     assert not hint.startswith("Fix:")  # callers write "Fix: {hint}"
     assert "xc_train.txt" in dl.files_hint("bibtex", "/data")  # placed by hand, no URL
+
+
+def test_huge_or_infinite_float_ids_are_rejected(tmp_path):
+    # found by the fuzz test: '1e101' parses as an integral float that int64 cannot hold
+    for bad in ("1e101", "1e1001"):
+        p = tmp_path / "ratings.dat"
+        p.write_text(f"{bad}::10::5::100\n1::11::3::200\n")
+        msg = raises_data_error(read_movielens, p, match=("beyond",))
+        assert bad in msg or "inf" in msg
