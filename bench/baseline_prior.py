@@ -23,7 +23,7 @@ def main() -> None:
     """Score every (baseline, split, w); write the report (JSON + Markdown)."""
     from recsys.data import load_dataset
     from recsys.eval.baselines import make_baseline
-    from recsys.eval.evaluate import score
+    from recsys.eval.evaluate import evaluate_embeddings
     from recsys.model.corrections import log_frequency
 
     data = load_dataset("ml-1m", os.environ["RECSYS_DATA"])
@@ -35,7 +35,7 @@ def main() -> None:
             users = np.flatnonzero(np.diff(data.truth(split).indptr) > 0)
             xq = np.hstack([m.query_vectors(users), np.ones((len(users), 1), np.float32)])  # (Q, D + 1)
             for w in GRID:
-                r = score(xq, users, np.hstack([m.xb, w * logp]), data, split, (10,)).metrics
+                r = evaluate_embeddings(xq, users, np.hstack([m.xb, w * logp]), data, split, (10,)).metrics
                 rows.append({"baseline": name, "split": split, "w": w,
                              "recall@10": r["recall@10"], "ndcg@10": r["ndcg@10"]})
     rep = C.Report("baseline_prior", False, C.command_line(), __doc__.split("\n\n")[0])

@@ -89,7 +89,7 @@ def quality_case(case: dict) -> dict:
     import torch
 
     from recsys.data.datamodule import InteractionDataModule
-    from recsys.eval.evaluate import evaluate_model
+    from recsys.eval.evaluate import evaluate
     from recsys.model.heads import HardNegativeSoftmax, InBatchSoftmax
     from recsys.model.module import TwoTowerModule
     from recsys.model.towers import ItemTower, QueryTower
@@ -107,7 +107,7 @@ def quality_case(case: dict) -> dict:
     t = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     train_s = time.perf_counter() - t
-    res = evaluate_model(module, dm, split="test", ks=(10, 20))
+    res = evaluate(module, dm, split="test", ks=(10, 20))
     m = res.metrics
     return {"head": "inbatch" if R is None else "hard", "refresh_every": R if R is not None else "-",
             "epochs": case["epochs"], "steps": trainer.global_step, "train_s": train_s,

@@ -35,8 +35,8 @@ def paired(a: np.ndarray, b: np.ndarray, seed: int = 0, n_boot: int = 10_000) ->
 def main() -> None:
     """Score, compare, write the report (JSON + Markdown)."""
     from recsys.artifacts.checkpoint import load_checkpoint
-    from recsys.eval.baselines import evaluate_baseline, make_baseline
-    from recsys.eval.evaluate import evaluate_model
+    from recsys.eval.baselines import make_baseline
+    from recsys.eval.evaluate import evaluate
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
@@ -45,9 +45,9 @@ def main() -> None:
     model, dm, meta = load_checkpoint(a.ckpt)
     data = dm.data
     ks = (10, 20)
-    res = {"model": evaluate_model(model, dm, "test", ks)}
-    res["ease"] = evaluate_baseline(make_baseline("ease", lambda_=a.ease_lambda).fit(data), data, "test", ks)
-    res["als"] = evaluate_baseline(make_baseline("als").fit(data), data, "test", ks)
+    res = {"model": evaluate(model, dm, "test", ks)}
+    res["ease"] = evaluate(make_baseline("ease", lambda_=a.ease_lambda).fit(data), data, "test", ks)
+    res["als"] = evaluate(make_baseline("als").fit(data), data, "test", ks)
     def per_user(r, m):  # user id -> value, sorted by user id (rows of I are in loader order)
         uid = r.users[r.per_user["users"]]
         order = np.argsort(uid)

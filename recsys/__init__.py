@@ -30,7 +30,7 @@ _API = {
     "load_dataset": "recsys.data.datasets", "SyntheticConfig": "recsys.data.synthetic",
     "read_interactions": "recsys.data.formats", "InteractionDataModule": "recsys.data.datamodule",
     "make_retriever": "recsys.retrieval",
-    "evaluate_model": "recsys.eval.evaluate", "EvalResult": "recsys.eval.evaluate",
+    "evaluate": "recsys.eval.evaluate", "EvalResult": "recsys.eval.evaluate",
     "Popularity": "recsys.eval.baselines", "EASE": "recsys.eval.baselines", "ALS": "recsys.eval.baselines",
     "QueryTower": "recsys.model.towers", "ItemTower": "recsys.model.towers",
     "FullSoftmax": "recsys.model.heads", "MultiLabelSigmoid": "recsys.model.heads",

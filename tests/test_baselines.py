@@ -10,8 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.errors import ConfigError, MissingDependency
-from recsys.eval.baselines import ALS, EASE, Popularity, evaluate_baseline, make_baseline
-from recsys.eval.evaluate import score
+from recsys.eval.baselines import ALS, EASE, Popularity, make_baseline
+from recsys.eval.evaluate import evaluate, evaluate_embeddings
 from tests.conftest import TINY
 
 
@@ -101,13 +101,13 @@ def test_evaluate_baseline_matches_score_on_the_same_embeddings(tiny_data, split
     d = tiny_data
     ks = (5, 10)
     for m in (Popularity().fit(d), EASE(50.0).fit(d)):
-        res = evaluate_baseline(m, d, split, ks)
+        res = evaluate(m, d, split, ks)
         users = np.flatnonzero(np.diff(d.truth(split).indptr) > 0)
-        ref = score(m.query_vectors(users), users, m.xb, d, split, ks)
+        ref = evaluate_embeddings(m.query_vectors(users), users, m.xb, d, split, ks)
         np.testing.assert_array_equal(res.I, ref.I)
         for k in ref.metrics:
             if k != "search_seconds":
                 assert res.metrics[k] == pytest.approx(ref.metrics[k], nan_ok=True), k
     models = (EASE(50.0).fit(d), Popularity().fit(d))
-    ease, pop = (evaluate_baseline(m, d, split, ks).metrics["ndcg@10"] for m in models)
+    ease, pop = (evaluate(m, d, split, ks).metrics["ndcg@10"] for m in models)
     assert ease > pop  # the planted clusters are learnable

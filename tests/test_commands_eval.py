@@ -22,7 +22,7 @@ from recsys.artifacts.export import query_embeddings as embed_users
 from recsys.artifacts.recommender import Recommender, gumbel_topk
 from recsys.commands.console import main as recsys_main
 from recsys.errors import ConfigError, DataError
-from recsys.eval.evaluate import evaluate_model
+from recsys.eval.evaluate import evaluate
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*args parameter is intended.*")
 TINY = {"n_users": 300, "n_items": 120, "n_clusters": 4, "interactions_per_user": 15.0}
@@ -81,7 +81,7 @@ def test_loaded_model_reproduces_training_validation_score(best):
     """The best checkpoint's val/ndcg@10, as logged during fit, is recomputed from the file."""
     model, dm, meta = load_checkpoint(best)
     assert not model.training
-    res = evaluate_model(model, dm, "valid", ks=(10,))
+    res = evaluate(model, dm, "valid", ks=(10,))
     assert res.metrics["ndcg@10"] == pytest.approx(meta.metrics["val/ndcg@10"], abs=1e-6)
     assert meta.run_dir == best.parent.parent and meta.dataset == "synthetic"
 
@@ -117,7 +117,7 @@ def test_evaluate_writes_json_and_md_equal_to_evaluate_model(tmp_path, last, cap
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "eval_test.json").read_text())
     model, dm, _ = load_checkpoint(last)
-    want = _ranking(evaluate_model(model, dm, "test", ks=(5, 10)).metrics)
+    want = _ranking(evaluate(model, dm, "test", ks=(5, 10)).metrics)
     got = _ranking(report["metrics"])
     assert got.keys() == want.keys()
     for k in want:

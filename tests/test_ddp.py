@@ -194,11 +194,11 @@ def test_ddp_fit_matches_one_process_with_the_global_batch(ddp_and_single):
 
 def test_ddp_validation_equals_single_process_evaluation(ddp_and_single):
     from recsys.artifacts.checkpoint import load_checkpoint
-    from recsys.eval.evaluate import evaluate_model
+    from recsys.eval.evaluate import evaluate
 
     ddp = ddp_and_single[0]
     model, dm, meta = load_checkpoint(ddp / "checkpoints" / "last.ckpt")
-    res = evaluate_model(model, dm, "valid", ks=(10, 20))
+    res = evaluate(model, dm, "valid", ks=(10, 20))
     logged = _val_rows(ddp)[-1]
     assert meta.global_step == 12
     for key in ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr@10", "coverage@10"):

@@ -106,7 +106,7 @@ def test_sampled_over_all_items_with_uniform_q_equals_full_softmax(T):
     torch.testing.assert_close(grads[0][1], grads[1][1])  # d loss / d item embeddings
     # and both equal the textbook formula on the dense (B, N) logit matrix
     t, q = tower(), query(3)
-    ref = F.cross_entropy(q @ t.all().T / T, b["item"])
+    ref = F.cross_entropy(q @ t.forward_all().T / T, b["item"])
     torch.testing.assert_close(losses[0], ref.detach())
 
 
@@ -204,7 +204,7 @@ def test_sampled_remove_accidental_hits():
     assert not math.isclose(on, off, rel_tol=1e-4)
     # masked == the candidate removed for that row, computed by hand
     t, q = tower(), query(2)
-    s = (q @ t.all().T).detach().numpy()  # (2, N) scores
+    s = (q @ t.forward_all().T).detach().numpy()  # (2, N) scores
     lq = math.log(1 / N * 3)  # uniform-ish proposal with zero counts: M p = 3 / 7 for all
     rows = [[s[0, 0] - lq] + [s[0, c] - lq for c in (1, 3, 6)],
             [s[1, 1] - lq] + [s[1, c] - lq for c in (3, 6)]]
@@ -344,7 +344,7 @@ def test_sigmoid_full_equals_dense_bce():
     t2, q2 = tower(), query(3)
     bias = head.bias.detach().clone().requires_grad_()
     Y = torch.tensor(train_csr()[users].toarray(), dtype=torch.float64)  # (B, N) multi-hot
-    logits = q2 @ t2.all().T / 0.5 + bias  # (B, N)
+    logits = q2 @ t2.forward_all().T / 0.5 + bias  # (B, N)
     ref = F.binary_cross_entropy_with_logits(logits, Y, reduction="sum") / 3
     exp = torch.autograd.grad(ref, (q2, t2.item_emb.weight, bias))
     torch.testing.assert_close(loss, ref)
@@ -391,7 +391,7 @@ def test_sigmoid_sampled_negative_term_is_unbiased():
     torch.manual_seed(0)
     out = head(q, batch(users, items), t)
     with torch.no_grad():
-        l_all = q @ t.all().T  # bias 0
+        l_all = q @ t.forward_all().T  # bias 0
         Y = torch.tensor(train_csr()[users].toarray(), dtype=torch.bool)
         full_neg = (F.softplus(l_all) * ~Y).sum(1).mean()
         pos_term = F.softplus(-(q * t(torch.tensor(items))).sum(-1)).mean()
@@ -487,7 +487,7 @@ def test_hard_negatives_exclude_known_positives_and_the_positive():
         assert not set(row) & set(TRAIN[u]), (u, row)
         assert i not in row
     # they are the top 3 by score among the remaining items (exact on a flat index)
-    s = (query(4) @ t.all().T).detach()
+    s = (query(4) @ t.forward_all().T).detach()
     for r, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
         s[r, TRAIN[u] + [i]] = -math.inf
     assert torch.equal(hard, s.topk(3, dim=1).indices)
@@ -531,7 +531,7 @@ def test_hard_refresh_rebuilds():
     head.miner.refresh(t.embed_all())
     assert head.miner.retriever is not r0 and head.miner.refresh_count == 2 and head.miner.steps_since_refresh == 0
     users, items = torch.tensor([1]), torch.tensor([1])
-    s = (query(1) @ t.all().T).detach()
+    s = (query(1) @ t.forward_all().T).detach()
     s[0, 1] = -math.inf
     assert torch.equal(head.mine(query(1), users, items), s.topk(2, dim=1).indices)
 
@@ -644,7 +644,7 @@ def test_hard_ivf_cells_reused_between_retrains():
     # mining from reused cells: nprobe = nlist scans everything, so it is the exact top-2
     # with the known positives and the positive excluded
     users, items = torch.tensor([0, 2, 4]), torch.tensor([0, 3, 5])
-    s = (query(3) @ t.all().T).detach()
+    s = (query(3) @ t.forward_all().T).detach()
     for r, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
         s[r, TRAIN[u] + [i]] = -math.inf
     assert torch.equal(head.mine(query(3), users, items), s.topk(2, dim=1).indices)
@@ -683,7 +683,7 @@ def test_full_softmax_mask_known_positives_hand_worked():
     plain = bound(FullSoftmax(temperature=0.5))(q, b, it).loss
     masked = bound(FullSoftmax(temperature=0.5, mask_known_positives=True))(q, b, it)
     with torch.no_grad():
-        s = (q @ it.all().T / 0.5).numpy()  # (2, N)
+        s = (q @ it.forward_all().T / 0.5).numpy()  # (2, N)
     row0 = [s[0, 0]] + [s[0, j] for j in range(N) if j not in (0, 2)]
     row1 = [s[1, 1]] + [s[1, j] for j in range(N) if j != 1]
     assert masked.loss.item() == pytest.approx(ce([row0, row1]), rel=1e-9)

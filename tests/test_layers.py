@@ -167,3 +167,14 @@ def test_no_mock_or_monkeypatching_in_library_or_benchmarks():
             if "unittest.mock" in text or "mock.patch" in text or "monkeypatch" in text:
                 offenders.append(str(p.relative_to(REPO)))
     assert not offenders, offenders
+
+
+def test_readme_layout_names_every_module():
+    # the README's Layout block lists every module file (by name) and every subpackage
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Layout")[1].split("```")[1]
+    missing = [str(p.relative_to(REPO)) for p in PKG.rglob("*.py")
+               if p.name != "__init__.py" and p.parent.name != "commands" and p.stem not in block]
+    missing += [str(p.relative_to(REPO)) for p in PKG.rglob("__init__.py") if p.parent.name + "/" not in block
+                and p.parent != PKG]
+    assert not missing, f"README Layout does not mention {missing}"

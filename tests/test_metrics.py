@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.errors import ConfigError, DataError
-from recsys.eval.metrics import evaluate, hits_matrix, per_user_metrics
+from recsys.eval.metrics import hits_matrix, per_user_metrics, ranking_metrics
 from recsys.numeric import gini
 from recsys.reporting import metric_table
 
@@ -72,7 +72,7 @@ def test_per_user_worked_example():
 
 
 def test_evaluate_worked_example():
-    r = evaluate(I_EX, TRUTH_EX, ks=(3,), item_counts=COUNTS_EX)
+    r = ranking_metrics(I_EX, TRUTH_EX, ks=(3,), item_counts=COUNTS_EX)
     assert r["recall@3"] == pytest.approx(7 / 9)
     assert r["ndcg@3"] == pytest.approx((L2 / (1 + L2 + 0.5) + 1 + L2) / 3)
     assert r["mrr@3"] == pytest.approx(2 / 3)
@@ -82,15 +82,15 @@ def test_evaluate_worked_example():
     assert r["gini@3"] == pytest.approx(0.3)
     assert r["popularity@3"] == pytest.approx(3.8)
     assert r["popularity_pct@3"] == pytest.approx(0.54)
-    assert "popularity@3" not in evaluate(I_EX, TRUTH_EX, ks=(3,))
+    assert "popularity@3" not in ranking_metrics(I_EX, TRUTH_EX, ks=(3,))
 
 
 def test_user_without_heldout_is_excluded_not_zero():
     # Adding users with no held-out item must not change any ranking mean.
-    base = evaluate(I_EX, TRUTH_EX, ks=(3,))
+    base = ranking_metrics(I_EX, TRUTH_EX, ks=(3,))
     I2 = np.vstack([I_EX, [[0, 1, 2, 3]] * 5])
     truth2 = sp.vstack([TRUTH_EX, sp.csr_matrix((5, 6))]).tocsr()
-    more = evaluate(I2, truth2, ks=(3,))
+    more = ranking_metrics(I2, truth2, ks=(3,))
     for name in ("recall@3", "ndcg@3", "mrr@3", "hit@3", "precision@3"):
         assert more[name] == pytest.approx(base[name])
 
@@ -181,13 +181,13 @@ def test_gini_extremes():
     N = 1000
     I = np.zeros((20, 1), dtype=np.int64)
     truth = sp.csr_matrix((np.ones(20), (np.arange(20), np.arange(20))), shape=(20, N))
-    r = evaluate(I, truth, ks=(1,))
+    r = ranking_metrics(I, truth, ks=(1,))
     assert r["gini@1"] == pytest.approx((N - 1) / N)
     assert r["coverage@1"] == pytest.approx(1 / N)
     # round robin over all items: uniform exposure -> 0
     I = np.arange(N).reshape(-1, 1)
     truth = sp.csr_matrix((np.ones(N), (np.arange(N), np.arange(N))), shape=(N, N))
-    r = evaluate(I, truth, ks=(1,))
+    r = ranking_metrics(I, truth, ks=(1,))
     assert r["gini@1"] == pytest.approx(0.0)
     assert r["coverage@1"] == pytest.approx(1.0)
     assert r["recall@1"] == pytest.approx(1.0)
@@ -195,7 +195,7 @@ def test_gini_extremes():
 
 def test_errors_name_the_fix():
     with pytest.raises(ConfigError, match=r"k=5 .*Fix:"):
-        evaluate(I_EX, TRUTH_EX, ks=(5,))
+        ranking_metrics(I_EX, TRUTH_EX, ks=(5,))
     with pytest.raises(DataError, match="Fix:"):  # repeated id would double-count a hit
         per_user_metrics(np.array([[1, 1, 2]]), TRUTH_EX[:1], ks=(3,))
     with pytest.raises(DataError, match="Fix:"):  # id >= N
@@ -203,9 +203,9 @@ def test_errors_name_the_fix():
     with pytest.raises(DataError, match="Fix:"):  # rows differ
         hits_matrix(I_EX[:2], TRUTH_EX)
     with pytest.raises(DataError, match="Fix:"):  # nobody has a held-out item
-        evaluate(I_EX[2:3], TRUTH_EX[2:3], ks=(3,))
+        ranking_metrics(I_EX[2:3], TRUTH_EX[2:3], ks=(3,))
     with pytest.raises(DataError, match="Fix:"):
-        evaluate(I_EX, TRUTH_EX, ks=(3,), item_counts=np.ones(5))
+        ranking_metrics(I_EX, TRUTH_EX, ks=(3,), item_counts=np.ones(5))
 
 
 def test_metric_table():
@@ -234,5 +234,5 @@ def test_hits_matrix_scales():
     assert h.shape == (Q, K) and h.any()
     dense = np.asarray(truth[np.arange(200)].toarray() > 0)
     assert np.array_equal(h[:200], np.take_along_axis(dense, I[:200], axis=1))  # the same as a dense lookup
-    r = evaluate(I, truth, ks=(10, 100))
+    r = ranking_metrics(I, truth, ks=(10, 100))
     assert 0 < r["recall@100"] <= 1

@@ -78,7 +78,7 @@ def test_validation_chooses_the_prior_and_the_checkpoint_keeps_it(tiny_dm, tmp_p
     import lightning as L
     import numpy as np
 
-    from recsys.eval.evaluate import embed_queries, evaluate_model, score
+    from recsys.eval.evaluate import embed_queries, evaluate, evaluate_embeddings
 
     grid = [0.0, 0.5, 2.0]
     m = _prior_model(tiny_dm, grid)
@@ -87,17 +87,17 @@ def test_validation_chooses_the_prior_and_the_checkpoint_keeps_it(tiny_dm, tmp_p
     trainer.fit(m, datamodule=tiny_dm)
     m.eval()
     users, xq = embed_queries(m.query_tower, tiny_dm.val_dataloader())
-    ndcg = [score(xq, users, m.item_embeddings(w).numpy(), tiny_dm.data, "valid", (5, 10)).metrics["ndcg@5"]
-            for w in grid]
+    ndcg = [evaluate_embeddings(xq, users, m.item_embeddings(w).numpy(), tiny_dm.data, "valid",
+                                (5, 10)).metrics["ndcg@5"] for w in grid]
     assert len(set(ndcg)) > 1  # the prior changes the ranking
     w_best = grid[int(np.argmax(ndcg))]
     assert float(m.prior_weight) == w_best
     assert float(trainer.callback_metrics["val/ndcg@5"]) == np.float32(max(ndcg))
     assert float(trainer.callback_metrics["val/prior_weight"]) == w_best
     # test scoring uses the stored weight, and a checkpoint restores it
-    test = evaluate_model(m, tiny_dm, "test", (5,)).metrics["ndcg@5"]
+    test = evaluate(m, tiny_dm, "test", (5,)).metrics["ndcg@5"]
     xq_t = embed_queries(m.query_tower, tiny_dm.test_dataloader())
-    assert test == score(xq_t[1], xq_t[0], m.item_embeddings(w_best).numpy(), tiny_dm.data, "test",
+    assert test == evaluate_embeddings(xq_t[1], xq_t[0], m.item_embeddings(w_best).numpy(), tiny_dm.data, "test",
                          (5,)).metrics["ndcg@5"]
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     m2 = _prior_model(tiny_dm, grid)

@@ -74,8 +74,8 @@ def test_embed_all_equals_forward_in_chunks():
         out = t.embed_all(chunk=chunk)
         assert out.shape == (7, 4) and not out.requires_grad
         torch.testing.assert_close(out, ref.detach())
-    torch.testing.assert_close(t.all(), ref)
-    assert t.all().requires_grad
+    torch.testing.assert_close(t.forward_all(), ref)
+    assert t.forward_all().requires_grad
 
 
 def test_embed_all_has_no_dropout_and_keeps_the_mode():

@@ -7,7 +7,7 @@ with ``recsys.artifacts.config`` (the signatures ``recsys fit`` parses, without 
 config always means the same objects as at training time.
 
     model, dm, meta = load_checkpoint("runs/recsys/version_0/checkpoints/last.ckpt")
-    res = evaluate_model(model, dm, "test", ks=(10, 20))
+    res = evaluate(model, dm, "test", ks=(10, 20))
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict
     of ``ks_req``; returns (record, the run's RecData)."""
     import torch
 
-    from recsys.eval.evaluate import evaluate_model
+    from recsys.eval.evaluate import evaluate
 
     with PeakRSS() as mem:
         cli = make_cli(args)
@@ -158,7 +158,7 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict
             best_epoch = int(state.get("epoch", -1))
         cli.model.cpu()
         ks = curve_ks(ks_req, cli.datamodule.data.n_items)
-        res = {s: evaluate_model(cli.model, cli.datamodule, s, ks).metrics for s in ("test", "valid")}
+        res = {s: evaluate(cli.model, cli.datamodule, s, ks).metrics for s in ("test", "valid")}
     score = ck.best_model_score if ck is not None else None
     rec = {"train_seconds": secs, "epochs": int(cli.trainer.current_epoch), "best_epoch": best_epoch,
            "checkpoint": best or None,
@@ -170,14 +170,15 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict
 
 def fit_baseline(name: str, params: dict, seed: int, data, ks: tuple[int, ...]) -> dict:
     """Fit one baseline on ``data.train`` and score test and validation."""
-    from recsys.eval.baselines import BASELINES, evaluate_baseline, make_baseline
+    from recsys.eval.baselines import BASELINES, make_baseline
+    from recsys.eval.evaluate import evaluate
 
     kw = dict(params)
     if "seed" in inspect.signature(BASELINES[name]).parameters:
         kw.setdefault("seed", seed)
     with PeakRSS() as mem:
         model = make_baseline(name, **kw).fit(data)
-        res = {s: evaluate_baseline(model, data, s, ks).metrics for s in ("test", "valid")}
+        res = {s: evaluate(model, data, s, ks).metrics for s in ("test", "valid")}
     return {"train_seconds": model.fit_seconds, "epochs": None, "params": {**kw, "repr": repr(model)},
             **mem.as_dict(), **res}
 

@@ -28,8 +28,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--root-dir", default="runs/demo", help="where checkpoints and logs go")
     a = p.parse_args(argv)
 
-    from recsys.eval.baselines import Popularity, evaluate_baseline
-    from recsys.eval.evaluate import evaluate_model
+    from recsys.eval.baselines import Popularity
+    from recsys.eval.evaluate import evaluate
     from recsys.reporting import metric_table
     from recsys.train.cli import RecsysCLI
 
@@ -49,9 +49,9 @@ def main(argv: list[str]) -> None:
 
         cli.model.load_state_dict(torch.load(best, weights_only=False)["state_dict"])
     ks = (10, 20)
-    res = evaluate_model(cli.model, cli.datamodule, "test", ks)
+    res = evaluate(cli.model, cli.datamodule, "test", ks)
     data = cli.datamodule.data
-    pop = evaluate_baseline(Popularity().fit(data), data, "test", ks).metrics
+    pop = evaluate(Popularity().fit(data), data, "test", ks).metrics
     cols = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "coverage@10"]
     print(f"\n{data.name}: {data.n_users} users, {data.n_items} items; full-catalogue test metrics, "
           f"seen items excluded; trained {cli.trainer.current_epoch} epochs in {secs:.1f}s\n")

@@ -34,14 +34,14 @@ def evaluate_checkpoint(ckpt, split: str = "test", ks=(10, 20, 50), index: str =
                         index_params: dict | None = None, out=None, data_root=None) -> tuple[dict, str]:
     """Evaluate ``ckpt``, write ``eval_<split>.json`` / ``.md`` into ``out``; return (report, table)."""
     from recsys.artifacts.checkpoint import load_checkpoint
-    from recsys.eval.evaluate import evaluate_model
+    from recsys.eval.evaluate import evaluate
     from recsys.reporting import json_safe, metric_table
 
     ks = sorted({int(k) for k in ks})
     if split not in ("valid", "test"):
         raise ConfigError(f"--split {split!r}: need 'valid' or 'test'. Fix: pass one of them.")
     model, dm, meta = load_checkpoint(ckpt, data_root)
-    res = evaluate_model(model, dm, split, ks=tuple(ks), index=index, index_params=index_params)
+    res = evaluate(model, dm, split, ks=tuple(ks), index=index, index_params=index_params)
     metrics = json_safe(res.metrics)
     report = {
         "checkpoint": str(Path(ckpt).resolve()), "dataset": meta.dataset, "split": split, "k": ks,

@@ -112,8 +112,8 @@ class InteractionDataModule(L.LightningDataModule):
         return make_schema(self.data)
 
     def eval_users(self, split: str) -> np.ndarray:
-        """Queries with at least one held-out item in ``split``."""
-        return np.flatnonzero(np.diff(self.data.truth(split).indptr) > 0)
+        """Queries with at least one held-out item in ``split`` (``RecData.eval_users``)."""
+        return self.data.eval_users(split)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled pairs; the order of epoch e is a function of (seed, e) only, this process's

@@ -71,6 +71,10 @@ class RecData:
             return (self.train + self.valid).tocsr()
         raise DataError(f"split='{split}': need 'valid' or 'test'. Fix: pass one of them.")
 
+    def eval_users(self, split: str) -> np.ndarray:
+        """The queries of ``split``: users with at least one held-out item there."""
+        return np.flatnonzero(np.diff(self.truth(split).indptr) > 0)
+
     def truth(self, split: str) -> sp.csr_matrix:
         """Held-out items of ``split`` ('valid' or 'test')."""
         return {"valid": self.valid, "test": self.test}[split]

@@ -2,7 +2,7 @@
 
 Each baseline scores a (user, item) pair by an inner product ``xq[u] . xb[i]``, so top-k
 goes through ``recsys.retrieval.exact.ExactRetriever`` (chunked numpy matmul + top-k, seen items
-excluded) and the metrics through ``recsys.eval.metrics.evaluate``, exactly as the heads:
+excluded) and the metrics through ``recsys.eval.metrics.ranking_metrics``, exactly as the heads:
 
     Popularity  xq[u] = 1                  xb[i] = train count of i       (D = 1)
     EASE        xq[u] = X[u] (train row)   xb = B^T, so scores = X B      (D = N)
@@ -12,7 +12,7 @@ All are fitted on ``data.train`` only and query with the user's train row, like 
 towers (docs/protocol.md: validation / test items are never inputs).
 
     model = EASE(lambda_=1000.0).fit(data)
-    res = evaluate_baseline(model, data, "test", ks=(10, 20))
+    res = recsys.eval.evaluate.evaluate(model, data, "test", ks=(10, 20))
     res.metrics["ndcg@10"]
 """
 
@@ -27,10 +27,9 @@ import scipy.sparse as sp
 
 from recsys.data.recdata import RecData, binary_csr
 from recsys.errors import ConfigError, DataError, missing_dependency
-from recsys.eval.evaluate import EvalResult, score_topk
 from recsys.retrieval import ExactRetriever
 
-__all__ = ["Baseline", "Popularity", "EASE", "ALS", "BASELINES", "make_baseline", "evaluate_baseline"]
+__all__ = ["Baseline", "Popularity", "EASE", "ALS", "BASELINES", "make_baseline"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,21 +231,3 @@ def make_baseline(name: str, **kwargs) -> Baseline:
     if name not in BASELINES:
         raise ConfigError(f"baseline '{name}' is unknown; valid: {list(BASELINES)}. Fix: pick one of them.")
     return BASELINES[name](**kwargs)
-
-
-def evaluate_baseline(model: Baseline, data: RecData, split: str = "test",
-                      ks: tuple[int, ...] = (10, 20)) -> EvalResult:
-    """Full-catalogue metrics of a fitted baseline on ``split``, as ``recsys.eval.evaluate.score``.
-
-    Queries are the users with held-out items in ``split``; their seen items
-    (``data.seen(split)``) are excluded; metrics via ``recsys.eval.metrics.evaluate`` with the
-    train item counts.
-    """
-    ks = tuple(ks)
-    truth_all = data.truth(split)
-    users = np.flatnonzero(np.diff(truth_all.indptr) > 0)  # as InteractionDataModule.eval_users
-    t = time.perf_counter()
-    I = model.topk(users, max(ks), exclude=data.seen(split)[users])  # (Q, k)
-    secs = time.perf_counter() - t
-    logger.info("%s: scored %d %s users in %.2fs", model, len(users), split, secs)
-    return score_topk(I, users, data, split, ks, seconds=secs)

@@ -1,5 +1,14 @@
-"""Full-catalogue offline evaluation: embed queries and items, retrieve top-k with seen
-items excluded, score with ``recsys.eval.metrics``. Never sampled metrics (Krichene & Rendle 2020).
+"""Full-catalogue offline evaluation, one path for the two-tower models and the baselines:
+top-k over all N items with the user's seen items excluded, then ``recsys.eval.metrics``.
+Never sampled metrics (Krichene & Rendle 2020).
+
+    res = evaluate(model, datamodule, "test", ks=(10, 20))      # a TwoTowerModule
+    res = evaluate(EASE(1000.0).fit(data), data, "test")        # a fitted baseline
+    res.metrics["ndcg@10"], res.per_user["ndcg@10"]
+
+Both reach ``topk_metrics`` (the one place where means, per-user values and catalogue
+metrics are computed): a two-tower model through ``evaluate_embeddings`` (its query and item
+embeddings, any retriever), a baseline through its exact ``Baseline.topk``.
 """
 
 from __future__ import annotations
@@ -12,8 +21,11 @@ import numpy as np
 import torch
 
 from recsys.data.recdata import RecData
-from recsys.eval.metrics import evaluate, per_user_metrics
+from recsys.eval.baselines import Baseline
+from recsys.eval.metrics import per_user_metrics, ranking_metrics
 from recsys.retrieval import make_retriever, recall_vs_exact
+
+__all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "topk_metrics", "embed_queries"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +50,17 @@ def embed_queries(query_tower, loader) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(users), np.concatenate(xq)
 
 
-def score(
+def topk_metrics(I: np.ndarray, users: np.ndarray, data: RecData, split: str = "valid",
+                 ks: tuple[int, ...] = (10, 20), seconds: float = float("nan")) -> EvalResult:
+    """Metrics of top-k lists ``I`` (Q, k) of ``users`` (Q,) against ``split``'s held-out items,
+    with the train item counts for the popularity metrics."""
+    truth = data.truth(split)[users]
+    m = ranking_metrics(I, truth, ks, item_counts=data.item_counts())
+    m["search_seconds"] = seconds
+    return EvalResult(m, per_user_metrics(I, truth, ks), users, I)
+
+
+def evaluate_embeddings(
     xq: np.ndarray,
     users: np.ndarray,
     xb: np.ndarray,
@@ -60,7 +82,7 @@ def score(
     t = time.perf_counter()
     retriever = make_retriever(index, **(index_params or {})).build(xb)
     _, I = retriever.search(xq, max(ks), exclude=exclude)
-    res = score_topk(I, users, data, split, ks, seconds=time.perf_counter() - t)
+    res = topk_metrics(I, users, data, split, ks, seconds=time.perf_counter() - t)
     if not retriever.is_exact:
         _, I_exact = make_retriever("exact").build(xb).search(xq, max(ks), exclude=exclude)
         res.metrics["index_recall"] = recall_vs_exact(I, I_exact)
@@ -69,26 +91,28 @@ def score(
     return res
 
 
-def score_topk(I: np.ndarray, users: np.ndarray, data: RecData, split: str = "valid",
-               ks: tuple[int, ...] = (10, 20), seconds: float = float("nan")) -> EvalResult:
-    """Metrics of top-k lists ``I`` (Q, k) of ``users`` (Q,) against ``split``'s held-out items.
-
-    The one place where means, per-user values and catalogue metrics are computed, for
-    two-tower models (``score``) and baselines (``recsys.eval.baselines.evaluate_baseline``) alike.
-    """
-    truth = data.truth(split)[users]
-    m = evaluate(I, truth, ks, item_counts=data.item_counts())
-    m["search_seconds"] = seconds
-    return EvalResult(m, per_user_metrics(I, truth, ks), users, I)
-
-
 @torch.no_grad()
-def evaluate_model(model, datamodule, split: str = "test", ks=(10, 20), index: str = "exact",
-                   index_params: dict | None = None) -> EvalResult:
-    """Evaluate a ``TwoTowerModule`` on a data module's ``split`` over the whole catalogue."""
+def evaluate(model, data, split: str = "test", ks=(10, 20), index: str = "exact",
+             index_params: dict | None = None) -> EvalResult:
+    """Full-catalogue metrics of ``model`` on ``split``.
+
+    ``model``: a ``TwoTowerModule`` with ``data`` its ``InteractionDataModule`` (queries
+    embedded with the evaluation inputs; any retriever ``index``), or a fitted ``Baseline`` with
+    ``data`` a ``RecData`` or a data module (exact retrieval). Seen items (``data.seen(split)``)
+    are excluded either way.
+    """
+    ks = tuple(ks)
+    if isinstance(model, Baseline):
+        d = data if isinstance(data, RecData) else data.data
+        users = d.eval_users(split)
+        t = time.perf_counter()
+        I = model.topk(users, max(ks), exclude=d.seen(split)[users])  # (Q, k)
+        secs = time.perf_counter() - t
+        logger.info("%s: scored %d %s users in %.2fs", model, len(users), split, secs)
+        return topk_metrics(I, users, d, split, ks, seconds=secs)
     was = model.training
     model.eval()
-    users, xq = embed_queries(model.query_tower, datamodule.eval_dataloader(split))
+    users, xq = embed_queries(model.query_tower, data.eval_dataloader(split))
     xb = model.item_embeddings().float().cpu().numpy()
     model.train(was)
-    return score(xq, users, xb, datamodule.data, split, tuple(ks), index, index_params)
+    return evaluate_embeddings(xq, users, xb, data.data, split, ks, index, index_params)

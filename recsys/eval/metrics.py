@@ -33,7 +33,7 @@ from recsys.errors import ConfigError, DataError
 from recsys.numeric import gini
 from recsys.retrieval.keys import member
 
-__all__ = ["hits_matrix", "per_user_metrics", "evaluate", "RANK_METRICS"]
+__all__ = ["hits_matrix", "per_user_metrics", "ranking_metrics", "RANK_METRICS"]
 
 # The per-user ranking metrics, in the order they appear in tables.
 RANK_METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
@@ -146,7 +146,7 @@ def per_user_metrics(
     return out
 
 
-def evaluate(
+def ranking_metrics(
     I: np.ndarray,
     truth: sp.spmatrix,
     ks: Sequence[int] = (10, 20),

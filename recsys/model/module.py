@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from recsys.errors import ConfigError, RecsysError
-from recsys.eval.evaluate import score
+from recsys.eval.evaluate import evaluate_embeddings
 from recsys.model.corrections import log_frequency
 from recsys.model.heads.base import Head, KnownPositives
 from recsys.model.heads.inbatch import InBatchSoftmax
@@ -245,7 +245,7 @@ class TwoTowerModule(L.LightningModule):
 
         def run(w: float | None):
             xb_w = self._with_prior(xb, w).float().cpu().numpy()
-            return score(xq_np, users_np, xb_w, self.trainer.datamodule.data, split,
+            return evaluate_embeddings(xq_np, users_np, xb_w, self.trainer.datamodule.data, split,
                          tuple(self.eval_ks), self.eval_index)
 
         if split == "valid" and self.prior_grid is not None:  # choose the prior on validation

@@ -213,10 +213,11 @@ class ItemTower(_Tower):
             x = torch.cat([x, self.bias_emb(ids)], dim=-1)  # (C, D + 1)
         return x.reshape(*shape, self.out_dim)
 
-    def all(self) -> torch.Tensor:
+    def forward_all(self) -> torch.Tensor:
         """(N, D) embeddings of the whole catalogue, with gradients (full-catalogue heads).
 
-        Goes through the embedding lookup so sparse tables get (sparse) gradients.
+        Goes through the embedding lookup so sparse tables get (sparse) gradients. ``embed_all``
+        is its no-gradient, chunked, eval-mode counterpart for retrieval.
         """
         return self(torch.arange(self.n_items, device=self.item_emb.weight.device))
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from recsys.errors import ConfigError
 from recsys.model.corrections import corrected_logits
+from recsys.retrieval.keys import flat_keys
 
 
 class Temperature(nn.Module):
@@ -44,13 +45,14 @@ class Temperature(nn.Module):
 
 
 class KnownPositives:
-    """Membership test "is item j a train positive of user u" on sorted int64 keys u*N+j."""
+    """Membership test "is item j a train positive of user u" on sorted int64 keys u*N+j
+    (``recsys.retrieval.keys.flat_keys``), looked up with ``torch.searchsorted`` on the
+    batch's device."""
 
     def __init__(self, train: sp.csr_matrix):
         self.csr = train.tocsr()
         self.N = train.shape[1]
-        rows = np.repeat(np.arange(train.shape[0], dtype=np.int64), np.diff(self.csr.indptr))
-        self.keys = torch.from_numpy(rows * self.N + self.csr.indices.astype(np.int64))  # sorted
+        self.keys = torch.from_numpy(flat_keys(self.csr))  # (nnz,) sorted
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (B,), items (C,) or (B, C) -> bool (B, C)."""

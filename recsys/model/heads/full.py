@@ -44,7 +44,7 @@ class FullSoftmax(Head):
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
         T = self.temperature()
-        v_all = item_tower.all()  # (N, D)
+        v_all = item_tower.forward_all()  # (N, D)
         v_pos = item_tower(batch["item"])  # (B, D)
         pos = (q * v_pos).sum(-1)  # (B,)
         mask = None

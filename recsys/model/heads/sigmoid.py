@@ -70,7 +70,7 @@ class MultiLabelSigmoid(Head):
         return self._sampled(q / T, users, items, item_tower, T)
 
     def _full(self, qs, users, item_tower, T) -> HeadOutput:
-        v_all = item_tower.all()  # (N, D)
+        v_all = item_tower.forward_all()  # (N, D)
         r, j = self.known.pairs(users.cpu())  # (P,), (P,) multi-hot labels
         ones = torch.ones(len(j), dtype=v_all.dtype)
         Y = torch.sparse_coo_tensor(torch.stack([r, j]), ones, (len(users), v_all.shape[0]),
