@@ -17,8 +17,7 @@ import torch
 import yaml
 
 from recsys.artifacts.checkpoint import load_checkpoint, read_checkpoint
-from recsys.artifacts.export import load_export, load_query_tower
-from recsys.artifacts.export import query_embeddings as embed_users
+from recsys.artifacts.export import load_export, load_query_tower, query_embeddings
 from recsys.artifacts.recommender import Recommender, gumbel_topk
 from recsys.commands.console import main as recsys_main
 from recsys.errors import ConfigError, DataError
@@ -259,7 +258,7 @@ def test_export_query_tower_rebuilds_user_embeddings(export, last):
     tower = load_query_tower(export)
     _, dm, _ = load_checkpoint(last)
     users = np.arange(25)
-    xu = embed_users(tower, dm.data, users, dm.max_history)
+    xu = query_embeddings(tower, dm.data, users, dm.max_history)
     np.testing.assert_allclose(xu, load_export(export).user_embeddings[users], rtol=1e-5, atol=1e-6)
 
 

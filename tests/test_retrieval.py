@@ -74,7 +74,7 @@ def test_exact_chunked_pruning_equals_brute_force(threads):
     # N = 20,000 in chunks of 1,000 items (blocks of 62, the last chunk padded): the
     # block-max pruning path with several chunks, exclusions in every chunk and query
     # blocks of 8 handed to `threads` workers. Query 0 keeps 5 items (t = -inf: its
-    # block falls back to _topk_block); the other blocks stay on the pruned path.
+    # block falls back to topk_block); the other blocks stay on the pruned path.
     rng = np.random.default_rng(7)
     Q, N, dim, k = 40, 20_000, 16, 20
     centres = rng.standard_normal((50, dim))
@@ -94,7 +94,7 @@ def test_exact_chunked_pruning_equals_brute_force(threads):
 
 def test_exact_chunked_ties_fall_back():
     # constant scores on the pruned path: every block maximum equals t, so the block falls
-    # back to _topk_block, which keeps the smallest ids among ties
+    # back to topk_block, which keeps the smallest ids among ties
     xb = np.zeros((20_000, 8), dtype=np.float32)
     xb[12_345] = 1.0  # one item above the rest
     D, I = ExactRetriever(item_chunk=1024).build(xb).search(np.ones((3, 8), np.float32), 20)
@@ -143,7 +143,7 @@ def test_constant_scores_fall_back_and_stay_valid():
 def test_tie_fallback_in_row_steps():
     # 20 rows of 2**20 zeros with k = 5 positive entries each: the threshold is 0, every
     # entry is a candidate, and the fallback runs argpartition 16 rows at a time (2 steps).
-    from recsys.retrieval.exact import _topk_block
+    from recsys.retrieval.exact import topk_block
 
     rng = np.random.default_rng(3)
     q, n, k = 20, 2**20, 5
@@ -152,7 +152,7 @@ def test_tie_fallback_in_row_steps():
     cols = np.stack([rng.choice(1000, k, replace=False) for _ in range(q)])  # (q, k)
     vals = rng.random((q, k)).astype(np.float32) + 1
     np.put_along_axis(S, cols, vals, axis=1)
-    D, I = _topk_block(S, k)
+    D, I = topk_block(S, k)
     order = np.argsort(-vals, axis=1)
     np.testing.assert_array_equal(I, np.take_along_axis(cols, order, axis=1))
     np.testing.assert_array_equal(D, np.take_along_axis(vals, order, axis=1))
@@ -221,7 +221,7 @@ def test_ivf_overfetch_in_probed_cells_equals_exact_within_cells(clustered):
     xq, xb, ex = clustered
     r = FaissIVFRetriever(nlist=32, nprobe=1).build(xb)
     _, I = r.search(xq, 10, exclude=ex)
-    cell = r._cells()
+    cell = r.cells()
     _, own = r.index.quantizer.search(xq, 1)
     for q in range(len(xq)):
         members = np.flatnonzero((cell == own[q, 0]) & (ex[q].toarray()[0] == 0))

@@ -17,7 +17,7 @@ from recsys.errors import ConfigError
 from recsys.retrieval.base import Retriever, _pad, _sort_rows
 from recsys.retrieval.keys import csr_rows
 
-__all__ = ["ExactRetriever"]
+__all__ = ["ExactRetriever", "topk_block"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _first_k(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, q: int, k: in
     return vals[keep].reshape(q, k), cols[keep].reshape(q, k)
 
 
-def _topk_block(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def topk_block(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, column ids) of each row of the score block S (q, n), best first.
 
     Prunes with a per-row threshold before selecting: split the row into B >= 4k blocks
@@ -105,7 +105,7 @@ class ExactRetriever(Retriever):
     that all workers stay under ``block_bytes`` (None: no cap), plus the candidates (a few
     k per query). Exact: results equal brute force, ordered by score, ties by smaller id
     (ties among many items, e.g. an untrained model, or rows with fewer than k admissible
-    items fall back to ``_topk_block`` on whole rows).
+    items fall back to ``topk_block`` on whole rows).
     """
 
     is_exact = True
@@ -174,7 +174,7 @@ def _select(xq: np.ndarray, xb: np.ndarray, k: int, ic: int, w: int,
     t are sorted by (score desc, id asc) and the first k of each row kept. The first G
     chunks (G * ic / w >= k blocks) are scored together so that t is finite from the start,
     and t is refreshed every 8 chunks. Too many candidates (ties, or rows with fewer than k
-    finite scores: t = -inf) -> ``_topk_block`` on the whole rows, recomputed (rare).
+    finite scores: t = -inf) -> ``topk_block`` on the whole rows, recomputed (rare).
     """
     q, N = xq.shape[0], xb.shape[0]
     bpc, C = ic // w, -(-N // ic)  # blocks per chunk, chunks
@@ -185,7 +185,7 @@ def _select(xq: np.ndarray, xb: np.ndarray, k: int, ic: int, w: int,
         S = xq @ xb.T
         if ex is not None:
             S[ex[0], ex[1]] = -np.inf
-        return _topk_block(S, k)
+        return topk_block(S, k)
 
     if B < 4 * k or G >= C:  # too few blocks to prune: score whole rows and select
         return full_rows()

@@ -160,7 +160,7 @@ class FaissIVFRetriever(_FaissRetriever):
                     index.nprobe, n_train, self.niter)
         return index
 
-    def _cells(self) -> np.ndarray:
+    def cells(self) -> np.ndarray:
         """(N,) int64 cell of every item, read from the inverted lists (cached per build)."""
         if getattr(self, "_cell_of", None) is None or self._cell_index is not self.index:
             inv = self.index.invlists
@@ -184,7 +184,7 @@ class FaissIVFRetriever(_FaissRetriever):
             Dq, Iq = self.index.quantizer.search(xq, self.index.nprobe)  # (Q, nprobe) probed cells
             rows = np.repeat(np.arange(Q), np.diff(exclude.indptr))  # excluded (row, item)
             keep = exclude.data != 0
-            rows, cells = rows[keep], self._cells()[exclude.indices[keep]]
+            rows, cells = rows[keep], self.cells()[exclude.indices[keep]]
             probed = (Iq[rows] == cells[:, None]).any(axis=1)  # excluded item in a probed cell
             n_ex = np.bincount(rows[probed], minlength=Q)  # (Q,) what the search may return
             return self._overfetch(xq, k, exclude, n_ex,
