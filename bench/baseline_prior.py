@@ -32,7 +32,7 @@ def main() -> None:
     for name, kw in (("ease", {"lambda_": 1000.0}), ("als", {})):
         m = make_baseline(name, **kw).fit(data)
         for split in ("valid", "test"):
-            users = np.flatnonzero(np.diff(data.truth(split).indptr) > 0)
+            users = data.eval_users(split)
             xq = np.hstack([m.query_vectors(users), np.ones((len(users), 1), np.float32)])  # (Q, D + 1)
             for w in GRID:
                 r = evaluate_embeddings(xq, users, np.hstack([m.xb, w * logp]), data, split, (10,)).metrics

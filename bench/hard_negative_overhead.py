@@ -18,7 +18,7 @@ and the long run follow from the measured parts: with T_build = (T_train + (r - 
 per rebuild (r = retrain_every), share(R) = (T_build / R + t_mine) / (T_build / R + t_mine + t_rest).
 
 Part 2 (quality, MovieLens-100k, docs/protocol.md): the ml-100k config's model
-(configs/ml-100k/hard.yaml: batch 256, dense Adam) trained for a fixed number of epochs
+(configs/ml-100k/base.yaml + hard.yaml: batch 256, dense Adam) trained for a fixed number of epochs
 with several refresh intervals, and in-batch softmax (no hard negatives) as the
 reference; test Recall@10 / NDCG@10 over the full catalogue, seen items excluded.
 """
@@ -197,7 +197,7 @@ def main(argv=None) -> None:
               ["head", "refresh_every", "epochs", "steps", "rebuilds", "train_s", "overhead_share", "recall@10",
                "ndcg@10", "recall@20", "ndcg@20", "load"],
               note="hard = HardNegativeSoftmax(num_hard=16) on top of in-batch negatives with logQ; inbatch = "
-                   "the same without hard negatives. Dense Adam (lr 1e-3) as in configs/ml-100k/hard.yaml.")
+                   "the same without hard negatives. Dense Adam (lr 1e-3) as in configs/ml-100k/base.yaml.")
     rep.data.update({"cost": cost, "quality": quality})
     jp, mp = rep.write(args.out)
     print(mp.read_text())

@@ -65,3 +65,13 @@ def test_demo_runs_and_beats_popularity(tmp_path, capsys):
     model = next(v for k, v in rows.items() if k.startswith("two-tower"))
     ndcg = lambda line: float(line.split("|")[3])
     assert ndcg(model) > 1.2 * ndcg(rows["popularity"])
+
+
+def test_a_head_file_alone_warns_that_it_trains_on_the_default_data():
+    from recsys.train.cli import warn_without_data
+
+    head = str(REPO / "configs" / "ml-1m" / "inbatch.yaml")
+    msg = warn_without_data({"config": [head], "data": {"dataset": "synthetic"}})
+    assert msg and "sets `data`" in msg and "base.yaml" in msg
+    assert warn_without_data({"config": [str(REPO / "configs" / "ml-1m" / "base.yaml"), head]}) is None
+    assert warn_without_data({"config": None}) is None  # flags only: nothing to check

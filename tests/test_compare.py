@@ -33,6 +33,18 @@ def test_head_source_composes_the_head_file_or_the_default_class(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"model": {"dim": 3}}))
     with pytest.raises(ConfigError, match="no model.head block"):
         head_source("bad", tmp_path)
+    # a head file may not change the data or the towers: every head sees the base's
+    (tmp_path / "towers.yaml").write_text(yaml.safe_dump({**FULL, "data": {"dataset": "ml-1m"},
+                                                         "model": {**FULL["model"], "query_tower": {}}}))
+    with pytest.raises(ConfigError, match=r"sets \['data', 'model.query_tower'\]"):
+        head_source("towers", tmp_path)
+
+
+def test_compare_refuses_a_head_file_as_base(tmp_path):
+    head = tmp_path / "inbatch.yaml"
+    head.write_text(yaml.safe_dump(INBATCH))
+    with pytest.raises(ConfigError, match="a compare base sets the data and no model.head"):
+        main(["compare", "--config", str(head), "--heads", "inbatch", "--baselines", "none", "--out", str(tmp_path)])
 
 
 def test_aggregate_and_curve_ks():

@@ -154,7 +154,7 @@ def load_checkpoint(path: str | os.PathLike, data_root: str | os.PathLike | None
     model, dm = build_from_config(config, data_root, data_overrides)
     check_vocab(meta, dm.data)
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model.load_state_dict(model.upgrade_checkpoint(ckpt)["state_dict"], strict=True)
     except RuntimeError as e:
         raise ConfigError(
             f"checkpoint {str(path)!r}: weights do not fit the model rebuilt from its config ({e}). "

@@ -30,6 +30,8 @@ LEGACY_MODULES = {
     "recsys.heads": "recsys.model.heads",
     "recsys.towers": "recsys.model.towers",
     "recsys.samplers": "recsys.model.candidates",
+    "recsys.optim": "recsys.model.optim",
+    "recsys.module": "recsys.model.module",
     "recsys.checkpointing": "recsys.train.resume",
 }
 

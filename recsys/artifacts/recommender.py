@@ -79,7 +79,7 @@ class Recommender:
 
     @classmethod
     def from_checkpoint(cls, path, data_root=None) -> Recommender:
-        from recsys.artifacts.checkpoint import load_checkpoint  # torch + Lightning: only for --ckpt
+        from recsys.artifacts.checkpoint import load_checkpoint  # Lightning and the model: only for --ckpt
 
         model, dm, _ = load_checkpoint(path, data_root)
         d = dm.data

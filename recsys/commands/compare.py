@@ -57,9 +57,16 @@ def head_source(head: str, folder: Path) -> tuple[list[str], str]:
     path = folder / f"{head}.yaml"
     if path.exists():
         spec = yaml.safe_load(path.read_text()) or {}
-        if "head" not in (spec.get("model") or {}):
+        model = spec.get("model") or {}
+        if "head" not in model:
             raise ConfigError(f"{path} has no model.head block: a head file names its head. Fix: add "
                               "model: {head: {class_path: recsys.model.heads.<Head>, init_args: {...}}}.")
+        other = sorted({k for k in spec if k not in ("model", "trainer")} | {f"model.{k}" for k in model
+                                                                             if k not in HEAD_KEYS})
+        if other:  # identical data, towers and seeds for every head: only the base sets them
+            raise ConfigError(f"{path} sets {other}: a head file of `recsys compare` may set only model."
+                              f"{{{', '.join(HEAD_KEYS)}}} and trainer, so that every head sees the base's data, "
+                              "towers and seeds. Fix: move those keys to the base config.")
         return ["--config", str(path)], str(path)
     if head not in HEADS:
         raise ConfigError(f"head '{head}': no {path} and not a built-in head {sorted(HEADS)}. Fix: write "
@@ -343,6 +350,11 @@ def main(argv: list[str]) -> None:
     base_path = Path(a.config)
     if not base_path.exists():
         raise ConfigError(f"--config {base_path}: file not found. Fix: e.g. --config configs/ml-1m/base.yaml.")
+    base = yaml.safe_load(base_path.read_text()) or {}
+    if "data" not in base or "head" in (base.get("model") or {}):
+        raise ConfigError(f"--config {base_path}: a compare base sets the data and no model.head (the heads come "
+                          "from the head files beside it). Fix: pass the dataset's base, e.g. --config "
+                          "configs/ml-1m/base.yaml.")
     heads, baselines, seeds = _parse_list(a.heads), _parse_list(a.baselines), _parse_seeds(a.seeds)
     from recsys.eval.baselines import BASELINES
 

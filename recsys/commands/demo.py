@@ -12,9 +12,9 @@ from pathlib import Path
 
 def configs_folder() -> Path:
     """``configs/synthetic`` of a source checkout, else the copy installed with the package."""
-    here = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
-    if here.is_dir():
-        return here
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "configs" / "synthetic").is_dir():  # a source checkout
+        return root / "configs" / "synthetic"
     from importlib.resources import files
 
     return Path(str(files("recsys.configs") / "synthetic"))

@@ -174,7 +174,8 @@ def load_dataset(
     cache = _CACHE.get()
     if cache is None:
         return DATASETS[name](root, **kw)
-    key = repr((name, str(root), sorted({**kw, "synthetic": asdict(synthetic) if synthetic else None}.items())))
+    key_kw = {**kw, "synthetic": asdict(synthetic) if name == "synthetic" else None}  # only synthetic reads it
+    key = repr((name, str(root), sorted(key_kw.items())))
     if key not in cache:
         cache[key] = DATASETS[name](root, **kw)
     return cache[key]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from recsys.data.recdata import RecData
+from recsys.errors import require
 from recsys.eval.baselines import Baseline
 from recsys.eval.metrics import per_user_metrics, ranking_metrics
 from recsys.retrieval import make_retriever, recall_vs_exact
@@ -98,11 +99,13 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), index: str = "exact"
 
     ``model``: a ``TwoTowerModule`` with ``data`` its ``InteractionDataModule`` (queries
     embedded with the evaluation inputs; any retriever ``index``), or a fitted ``Baseline`` with
-    ``data`` a ``RecData`` or a data module (exact retrieval). Seen items (``data.seen(split)``)
-    are excluded either way.
+    ``data`` a ``RecData`` or a data module (always exact: ``index`` must stay ``exact``). Seen
+    items (``data.seen(split)``) are excluded either way.
     """
     ks = tuple(ks)
     if isinstance(model, Baseline):
+        require(index == "exact", f"index={index!r} for baseline {model}: baselines are scored exactly. "
+                "Fix: leave index='exact' (approximate retrieval applies to two-tower models).")
         d = data if isinstance(data, RecData) else data.data
         users = d.eval_users(split)
         t = time.perf_counter()
@@ -110,6 +113,9 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), index: str = "exact"
         secs = time.perf_counter() - t
         logger.info("%s: scored %d %s users in %.2fs", model, len(users), split, secs)
         return topk_metrics(I, users, d, split, ks, seconds=secs)
+    require(hasattr(data, "eval_dataloader"), f"data is a {type(data).__name__}: a two-tower model is evaluated "
+            "with its InteractionDataModule (its queries need the evaluation inputs). Fix: pass the data module, "
+            "e.g. InteractionDataModule.from_data(data).")
     was = model.training
     model.eval()
     users, xq = embed_queries(model.query_tower, data.eval_dataloader(split))

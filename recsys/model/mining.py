@@ -123,14 +123,20 @@ class HardNegativeMiner(nn.Module):
         self.steps_since_refresh += 1
 
     # ---- mining -----------------------------------------------------------------------
-    def mine(self, q: torch.Tensor, exclude: sp.csr_matrix) -> torch.Tensor:
-        """(B, K) int64 hard negative ids for queries q (B, D), on q's device; ``exclude``
-        (B, N) CSR items never returned (the users' known positives, the batch positives);
-        -1 where fewer than K remain."""
+    def mine(self, q: torch.Tensor, exclude: sp.csr_matrix, positives: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K) int64 hard negative ids for queries q (B, D), on q's device; -1 where fewer
+        than K remain. Never returned: ``exclude`` (B, N) CSR (the users' known positives) and,
+        if given, ``positives`` (B,) (each row's own positive, which may be a held-out item).
+        ``mine_seconds`` counts the whole call (exclusion matrix and search)."""
         self._restore()
         require(self.retriever is not None, "HardNegativeMiner.mine before refresh: there is no index. "
                 "Fix: call refresh(item_tower.embed_all()) first (MinerRefresh does).")
         t = time.perf_counter()
+        if positives is not None:
+            B, N = exclude.shape
+            own = sp.csr_matrix((np.ones(B, dtype=exclude.dtype), (np.arange(B), positives.cpu().numpy())),
+                                shape=(B, N))
+            exclude = exclude + own
         xq = np.ascontiguousarray(q.detach().float().cpu().numpy())
         kk = min(self.num_hard + self.skip_top, self.retriever.N)  # search needs k <= N
         _, ids = self.retriever.search(xq, kk, exclude=exclude)  # (B, kk), -1 padded

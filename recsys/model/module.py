@@ -262,6 +262,22 @@ class TwoTowerModule(L.LightningModule):
         self.last_eval = res.metrics
 
     # ---- checkpoint extras -------------------------------------------------------------
+    def upgrade_checkpoint(self, checkpoint: dict) -> dict:
+        """A checkpoint written before the miner kept its index in the model state: its
+        ``HardNegativeIndexState`` callback state (the same dict) becomes the miner's extra
+        state, so old hard-negative checkpoints load, resume and evaluate."""
+        sd = checkpoint.get("state_dict") or {}
+        legacy = next((v for k, v in (checkpoint.get("callbacks") or {}).items()
+                       if str(k).startswith("HardNegativeIndexState")), None)
+        for key in self.state_dict():
+            if key.endswith("miner._extra_state") and key not in sd:
+                sd[key] = dict(legacy or {})
+        return checkpoint
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.upgrade_checkpoint(checkpoint)
+
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         extra = {"config": self.recsys_config}
         dm = self.trainer.datamodule if self._trainer is not None else None

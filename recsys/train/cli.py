@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from argparse import ArgumentError
+from pathlib import Path
 
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -20,6 +23,8 @@ from recsys.train.callbacks import RngState
 from recsys.train.checkpoint_io import AtomicCheckpointIO, RecsysCheckpoint
 from recsys.train.resume import resolve_last
 
+logger = logging.getLogger(__name__)
+
 MONITOR = "val/ndcg@10"
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
@@ -29,6 +34,20 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "recsys.train.resume.AppendingCSVLogger",
                "init_args": {"save_dir": "runs", "name": "recsys"}},
 }
+
+
+def warn_without_data(cfg) -> str | None:
+    """Warn (and return the message) when config files were given but none of them sets
+    ``data``: a head file used without its base (``--config configs/ml-1m/inbatch.yaml``
+    alone) would otherwise train on the default synthetic dataset without a word."""
+    paths = [getattr(p, "absolute", None) or str(p) for p in (cfg.get("config") or [])]
+    if not paths or any("data" in (yaml.safe_load(Path(p).read_text()) or {}) for p in paths):
+        return None
+    msg = (f"none of the config files {paths} sets `data`: training on the default dataset "
+           f"'{cfg.get('data', {}).get('dataset', 'synthetic')}'. A head file holds only model.head; compose it "
+           "with its base: --config configs/<dataset>/base.yaml --config configs/<dataset>/<head>.yaml.")
+    logger.warning(msg)
+    return msg
 
 
 class RecsysCLI(LightningCLI):
@@ -54,6 +73,8 @@ class RecsysCLI(LightningCLI):
         })
 
     def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        warn_without_data(cfg)
         if self.subcommand == "fit":  # --ckpt_path last: the newest last.ckpt of earlier runs
             resolve_last(self.config.fit)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 
 from recsys.model.heads.base import HeadOutput
@@ -71,13 +69,7 @@ class HardNegativeSoftmax(InBatchSoftmax):
     def mine(self, q: torch.Tensor, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """(B, K) hard negative ids (-1 where fewer remain); the users' known positives and
         (if given) the batch positives ``items`` are excluded inside the search."""
-        exclude = self.known.rows(users.cpu().numpy())  # (B, N) CSR
-        if items is not None:  # the positive may be a held-out item, not a train one
-            B, N = exclude.shape
-            own = sp.csr_matrix((np.ones(B, dtype=exclude.dtype), (np.arange(B), items.cpu().numpy())),
-                                shape=(B, N))
-            exclude = exclude + own
-        return self.miner.mine(q, exclude)
+        return self.miner.mine(q, self.known.rows(users.cpu().numpy()), items)  # exclude: (B, N) CSR
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
         users, items = batch["user"], batch["item"]

@@ -119,7 +119,7 @@ class InBatchSoftmax(Head):
         else:
             log_b = math.log(B) + self.log_p.to(ids.device)[ids]  # log(B p_j)
         if self.num_uniform:
-            log_b = torch.logaddexp(log_b, torch.full_like(log_b, math.log(self.num_uniform / self.n_items)))
+            log_b = torch.logaddexp(log_b, self.uniform.log_q(ids, self.num_uniform).to(log_b))  # B p_j + M / N
         return self.logq_weight * log_b  # w = 1: exactly log_b
 
     def candidates(self, q, users, items, item_tower):
