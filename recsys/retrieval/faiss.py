@@ -16,7 +16,7 @@ import numpy as np
 
 from recsys.errors import ConfigError, DataError, require
 from recsys.retrieval.base import Retriever, _pad
-from recsys.retrieval.keys import member
+from recsys.retrieval.keys import csr_rows, member
 
 __all__ = ["FaissFlatRetriever", "FaissIVFRetriever", "FaissHNSWRetriever"]
 
@@ -182,9 +182,8 @@ class FaissIVFRetriever(_FaissRetriever):
         Q = xq.shape[0]
         with _faiss_threads(self.threads):
             Dq, Iq = self.index.quantizer.search(xq, self.index.nprobe)  # (Q, nprobe) probed cells
-            rows = np.repeat(np.arange(Q), np.diff(exclude.indptr))  # excluded (row, item)
-            keep = exclude.data != 0
-            rows, cells = rows[keep], self.cells()[exclude.indices[keep]]
+            rows, items = csr_rows(exclude, 0, Q)  # excluded (row, item) pairs
+            cells = self.cells()[items]
             probed = (Iq[rows] == cells[:, None]).any(axis=1)  # excluded item in a probed cell
             n_ex = np.bincount(rows[probed], minlength=Q)  # (Q,) what the search may return
             return self._overfetch(xq, k, exclude, n_ex,
