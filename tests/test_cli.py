@@ -75,3 +75,21 @@ def test_a_head_file_alone_warns_that_it_trains_on_the_default_data():
     assert msg and "sets `data`" in msg and "base.yaml" in msg
     assert warn_without_data({"config": [str(REPO / "configs" / "ml-1m" / "base.yaml"), head]}) is None
     assert warn_without_data({"config": None}) is None  # flags only: nothing to check
+
+
+@pytest.mark.parametrize("flag", ["--trainer.max_steps=5", "--trainer.limit_val_batches=0",
+                                  "--trainer.enable_checkpointing=false"])
+def test_runs_that_end_early_end_cleanly_under_default_root_dir(flag, tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory's runs/
+    root = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        main(["fit", *config_args("synthetic", "inbatch"), *TINY_ARGS, "--trainer.max_epochs=1",
+              f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", flag])
+    run = root / "recsys" / "version_0"
+    assert (run / "metrics.csv").is_file() and not (tmp_path / "runs").exists()  # logs follow default_root_dir
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) if (run / "checkpoints").exists() else []
+    if "enable_checkpointing" in flag:
+        assert ckpts == []
+    else:
+        assert ckpts == ["last.ckpt"]  # no validation: no best checkpoint, the final weights kept
+        assert sum("no validation ran" in r.getMessage() for r in caplog.records) == 1

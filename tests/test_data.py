@@ -155,3 +155,18 @@ def test_missing_dataset_says_where(tmp_path):
         load_dataset("ml-1m", tmp_path)
     with pytest.raises(ConfigError, match="unknown"):
         load_dataset("nope")
+
+
+def test_gowalla_registry_counts_and_carved_validation(shared_root):
+
+    need("gowalla", "train.txt.gz")
+    d = load_dataset("gowalla", shared_root)
+    st = d.stats()
+    assert (st["users"], st["items"], st["interactions"]) == (29_858, 40_981, 1_027_370)
+    assert d.train.nnz + d.valid.nnz == 810_128 and d.test.nnz == 217_242
+    assert d.train.multiply(d.valid).nnz == 0  # validation is carved out of train, not copied
+    n_u = np.diff((d.train + d.valid).indptr)
+    share = d.valid.nnz / (d.train.nnz + d.valid.nnz)
+    assert 0.08 < share <= 0.1 and (np.diff(d.valid.indptr) <= np.ceil(0.1 * n_u) + 1).all()
+    again = load_dataset("gowalla", shared_root, seed=1)
+    assert (again.valid != d.valid).nnz > 0  # the carve is seeded

@@ -427,3 +427,24 @@ def test_huge_or_infinite_float_ids_are_rejected(tmp_path):
         p.write_text(f"{bad}::10::5::100\n1::11::3::200\n")
         msg = raises_data_error(read_movielens, p, match=("beyond",))
         assert bad in msg or "inf" in msg
+
+
+def test_read_adjacency_pairs_empty_users_and_errors(tmp_path):
+    from recsys.data.formats import read_adjacency
+
+    p = tmp_path / "train.txt"
+    p.write_text("0 3 1 3\n1 2\n2 \n3\n\n4 0 5\n")  # user 2 and 3 have no items; 3 repeats once for user 0
+    u, i = read_adjacency(p)
+    assert u.tolist() == [0, 0, 1, 4, 4] and i.tolist() == [1, 3, 2, 0, 5]
+    gz = tmp_path / "train.txt.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    assert [x.tolist() for x in read_adjacency(gz)] == [u.tolist(), i.tolist()]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0 1 2\n1 x 3\n")
+    raises_data_error(read_adjacency, bad, match=("line 2", "integer"))
+    neg = tmp_path / "neg.txt"
+    neg.write_text("0 1 -2\n")
+    raises_data_error(read_adjacency, neg, match=("negative",))
+    none = tmp_path / "none.txt"
+    none.write_text("0\n1 \n")
+    raises_data_error(read_adjacency, none, match=("no (user, item) pairs",))

@@ -1,5 +1,5 @@
 """The dataset registry: a name -> loader table (``DATASETS``) over the bundled datasets
-``synthetic`` (embedded, generated), ``ml-100k``, ``ml-1m`` and ``bibtex``.
+``synthetic`` (embedded, generated), ``ml-100k``, ``ml-1m``, ``bibtex`` and ``gowalla``.
 
 Real files are looked up under ``root``, else ``$RECSYS_DATA``, else ``~/.cache/recsys``,
 in the layout described in ``data/README.md`` (``ml-1m/ratings.dat`` from the official zip is
@@ -30,7 +30,8 @@ import scipy.sparse as sp
 
 from recsys.data import formats
 from recsys.data.preprocess import kcore, to_implicit
-from recsys.data.recdata import RecData, binary_csr, from_interactions
+from recsys.data.recdata import RecData, binary_csr, from_interactions, to_csr
+from recsys.data.splits import split_random
 from recsys.data.synthetic import SyntheticConfig, make_synthetic
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
@@ -129,6 +130,28 @@ _movielens("ml-1m", formats.read_ml1m_movies, formats.read_ml1m_users, "movies.d
 @register("bibtex")
 def _bibtex(root=None, *, split="random", seed=0, **_protocol) -> RecData:
     return load_bibtex(root, seed=seed)
+
+
+@register("gowalla")
+def _gowalla(root=None, *, split="random", seed=0, valid_frac: float = 0.1, **_protocol) -> RecData:
+    """Gowalla, LightGCN / NGCF split (29,858 users, 40,981 items, 810,128 train + 217,242 test
+    pairs): ``gowalla/{train,test}.txt(.gz)`` as given (no filtering); a seeded per-user share
+    ``valid_frac`` of train becomes the validation set (``split_random`` with 0.9 / 0.1 / 0),
+    since the published split has none; the test file is the test set."""
+    import logging
+
+    r = data_root(root)
+    tr_u, tr_i = formats.read_adjacency(_find(r, "gowalla", ["train.txt.gz", "train.txt"]))
+    te_u, te_i = formats.read_adjacency(_find(r, "gowalla", ["test.txt.gz", "test.txt"]))
+    user_vocab, _ = Vocab.fit(np.concatenate([tr_u, te_u]), name="user")
+    item_vocab, _ = Vocab.fit(np.concatenate([tr_i, te_i]), name="item")
+    train = pd.DataFrame({"user": user_vocab.encode(tr_u), "item": item_vocab.encode(tr_i)})
+    kept, held, _ = split_random(train, (1 - valid_frac, valid_frac, 0.0), seed=seed)
+    shape = (len(user_vocab), len(item_vocab))
+    logging.getLogger(__name__).info("gowalla: %d of %d train pairs carved out as validation (seed %d)",
+                                     len(held), len(train), seed)
+    return RecData("gowalla", to_csr(kept["user"], kept["item"], shape), to_csr(held["user"], held["item"], shape),
+                   to_csr(user_vocab.encode(te_u), item_vocab.encode(te_i), shape), user_vocab, item_vocab)
 
 
 NAMES = tuple(DATASETS)

@@ -1,15 +1,19 @@
-"""Lightning callbacks of the training loop: the RNG states in every checkpoint.
+"""Lightning callbacks of the training loop: the RNG states in every checkpoint, and one
+warning when a fit ends without any validation.
 
 (The hard-negative index refresh is the head's own callback, ``recsys.model.mining.MinerRefresh``,
 which ``TwoTowerModule.configure_callbacks`` adds.)"""
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback
+
+logger = logging.getLogger(__name__)
 
 
 class RngState(Callback):
@@ -43,3 +47,18 @@ class RngState(Callback):
         torch.set_rng_state(state["torch"])
         if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class NoValidationWarning(Callback):
+    """At the end of a fit without any validation (``max_steps`` reached first,
+    ``limit_val_batches=0``), say once what that means instead of failing: no best checkpoint
+    was chosen and early stopping never ran; ``last.ckpt`` holds the final weights."""
+
+    monitor = "val/ndcg@10"
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor in trainer.callback_metrics:
+            return
+        logger.warning("no validation ran in this fit (%s not logged): no best checkpoint was selected and "
+                       "early stopping never checked; last.ckpt holds the final weights. Validate with "
+                       "`recsys validate` or let the fit reach the end of an epoch.", self.monitor)

@@ -8,18 +8,19 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from recsys.data.datamodule import InteractionDataModule
 from recsys.errors import ConfigError, RecsysError
 from recsys.model.module import TwoTowerModule
-from recsys.train.callbacks import RngState
+from recsys.train.callbacks import NoValidationWarning, RngState
 from recsys.train.checkpoint_io import AtomicCheckpointIO, RecsysCheckpoint
 from recsys.train.resume import resolve_last
 
@@ -34,6 +35,18 @@ TRAINER_DEFAULTS = {
     "logger": {"class_path": "recsys.train.resume.AppendingCSVLogger",
                "init_args": {"save_dir": "runs", "name": "recsys"}},
 }
+
+
+def follow_root_dir(cfg) -> None:
+    """``--trainer.default_root_dir=DIR`` moves the logs and checkpoints under DIR: the default
+    logger's ``save_dir`` (``runs``) follows it unless it was set on its own."""
+    trainer = cfg.get("trainer") or {}
+    root = trainer.get("default_root_dir")
+    log = trainer.get("logger")
+    args = log.get("init_args") if hasattr(log, "get") and log.get("class_path") else None
+    default = TRAINER_DEFAULTS["logger"]["init_args"]["save_dir"]
+    if root and args is not None and args.get("save_dir") == default and str(root) != default:
+        args["save_dir"] = str(root)
 
 
 def warn_without_data(cfg) -> str | None:
@@ -55,6 +68,9 @@ class RecsysCLI(LightningCLI):
     stopping and a CSV logger; the resolved config is stored in every checkpoint."""
 
     def __init__(self, *args, **kwargs):
+        # a fit without validation is explained once by NoValidationWarning; Lightning's per-save
+        # warning about the missing monitor would repeat it (with validation run, it raises instead)
+        warnings.filterwarnings("ignore", message=r".*could not find the monitored key.*")
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -70,21 +86,32 @@ class RecsysCLI(LightningCLI):
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults({
             "early_stopping.monitor": MONITOR, "early_stopping.mode": "max", "early_stopping.patience": 3,
+            # a run that ends before its first validation (max_steps, limit_val_batches=0) warns, not crashes
+            "early_stopping.strict": False,
         })
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         warn_without_data(cfg)
+        follow_root_dir(cfg)
         if self.subcommand == "fit":  # --ckpt_path last: the newest last.ckpt of earlier runs
             resolve_last(self.config.fit)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # --trainer.enable_checkpointing=false: leave out the CLI's own checkpoint callback, which
+        # Lightning would otherwise refuse beside it
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_trainer(self, **kwargs):
         """Crash-safe checkpoints: atomic writes and the RNG states in every checkpoint."""
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if not any(isinstance(c, RngState) for c in trainer.callbacks):
-            trainer.callbacks.append(RngState())
+        for cls in (RngState, NoValidationWarning):
+            if not any(isinstance(c, cls) for c in trainer.callbacks):
+                trainer.callbacks.append(cls())
         return trainer
 
     def instantiate_classes(self) -> None:
