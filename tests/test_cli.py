@@ -93,3 +93,24 @@ def test_runs_that_end_early_end_cleanly_under_default_root_dir(flag, tmp_path, 
     else:
         assert ckpts == ["last.ckpt"]  # no validation: no best checkpoint, the final weights kept
         assert sum("no validation ran" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fit_on_your_own_csv_with_usual_column_names(tmp_path, capsys):
+    # --data.dataset=PATH: a CSV with user_id, item_id, rating, timestamp columns and string ids
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"sku{j}", int(rng.integers(1, 6)), 1_600_000_000 + int(rng.integers(0, 10**6)))
+            for u in range(120) for j in rng.choice(np.arange(u % 3 * 20, u % 3 * 20 + 20), 12, replace=False)]
+    csv_path = tmp_path / "events.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(csv_path, index=False)
+    root = tmp_path / "out"
+    main(["fit", *config_args("synthetic", "inbatch"), f"--data.dataset={csv_path}", "--data.k_core=2",
+          "--data.batch_size=64", "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}",
+          "--trainer.enable_progress_bar=false"])
+    metrics = (root / "recsys" / "version_0" / "metrics.csv").read_text()
+    assert "val/ndcg@10" in metrics.splitlines()[0]  # it trained and validated
+    main(["data", "stats", str(csv_path), "--k-core", "2"])
+    out = capsys.readouterr().out
+    assert "| dataset | events.csv |" in out and "| users | 120 |" in out

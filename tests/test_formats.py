@@ -448,3 +448,15 @@ def test_read_adjacency_pairs_empty_users_and_errors(tmp_path):
     none = tmp_path / "none.txt"
     none.write_text("0\n1 \n")
     raises_data_error(read_adjacency, none, match=("no (user, item) pairs",))
+
+
+def test_columns_auto_takes_the_usual_names_and_names_what_is_missing(tmp_path):
+    p = tmp_path / "events.csv"
+    p.write_text("customer_id,movieId,weight,ts,extra\na,1,2.0,100,x\nb,2,1.0,200,y\n")
+    df = read_interactions(p, columns="auto")
+    assert list(df.columns) == ["user", "item", "rating", "time"]
+    assert df["user"].tolist() == ["a", "b"] and df["item"].tolist() == [1, 2] and df["rating"].tolist() == [2.0, 1.0]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("who,movieId\na,1\n")
+    msg = raises_data_error(read_interactions, bad, columns="auto", match=("no user column", "user_id"))
+    assert "who" in msg  # the columns that exist are listed

@@ -1,4 +1,4 @@
-"""``recsys data stats NAME``: dataset statistics after the protocol's filtering."""
+"""``recsys data stats NAME|PATH``: dataset statistics after the protocol's filtering."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="recsys data", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stats", help="statistics after filtering (ratings >= 3, 10-core)")
-    s.add_argument("name", choices=NAMES)
+    s.add_argument("name", help="a named dataset (" + ", ".join(NAMES) + ") or a .csv / .tsv / .parquet file")
     s.add_argument("--root", default=None, help="data folder (default $RECSYS_DATA)")
     s.add_argument("--threshold", type=float, default=3.0)
     s.add_argument("--k-core", type=int, default=10)

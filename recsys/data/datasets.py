@@ -36,8 +36,8 @@ from recsys.data.synthetic import SyntheticConfig, make_synthetic
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
 
-__all__ = ["DATASETS", "NAMES", "register", "data_root", "load_dataset", "load_bibtex", "load_interactions",
-           "shared_cache"]
+__all__ = ["DATASETS", "NAMES", "register", "data_root", "load_dataset", "load_file", "load_bibtex",
+           "load_interactions", "shared_cache"]
 
 Loader = Callable[..., RecData]
 DATASETS: dict[str, Loader] = {}
@@ -188,20 +188,48 @@ def load_dataset(
     random 8:1:1). ``seed`` is the split seed (and the generator seed of ``synthetic``
     unless its config sets one).
     """
+    if name not in DATASETS and _is_table_file(name):
+        return _load_cached(("file", str(Path(name).resolve()), split, seed, rating_threshold, k_core),
+                            lambda: load_file(name, split=split, seed=seed, rating_threshold=rating_threshold,
+                                              k_core=k_core))
     if name not in DATASETS:
-        raise ConfigError(f"dataset '{name}' is unknown; valid: {list(DATASETS)}. Fix: pick one of them.")
+        raise ConfigError(f"dataset '{name}' is unknown; valid: {list(DATASETS)}, or the path of a .csv / .tsv / "
+                          ".parquet interaction file. Fix: pick one of them.")
     if name == "synthetic" and not isinstance(synthetic, SyntheticConfig):
         synthetic = SyntheticConfig(**(synthetic or {}))
     kw = dict(split=split, seed=seed, rating_threshold=rating_threshold, k_core=k_core, synthetic=synthetic,
               side_features=side_features)
+    key_kw = {**kw, "synthetic": asdict(synthetic) if name == "synthetic" else None}  # only synthetic reads it
+    return _load_cached((name, str(root), sorted(key_kw.items())), lambda: DATASETS[name](root, **kw))
+
+
+def _load_cached(key, load: Callable[[], RecData]) -> RecData:
+    """``load()``, or inside ``shared_cache()`` the RecData an identical earlier call loaded."""
     cache = _CACHE.get()
     if cache is None:
-        return DATASETS[name](root, **kw)
-    key_kw = {**kw, "synthetic": asdict(synthetic) if name == "synthetic" else None}  # only synthetic reads it
-    key = repr((name, str(root), sorted(key_kw.items())))
-    if key not in cache:
-        cache[key] = DATASETS[name](root, **kw)
-    return cache[key]
+        return load()
+    if repr(key) not in cache:
+        cache[repr(key)] = load()
+    return cache[repr(key)]
+
+
+_TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+def _is_table_file(name: str) -> bool:
+    suffixes = [x.lower() for x in Path(name).suffixes if x.lower() != ".gz"]
+    return bool(suffixes) and suffixes[-1] in _TABLE_SUFFIXES
+
+
+def load_file(path: str | os.PathLike, split: str = "random", seed: int = 0, rating_threshold: float | None = 3.0,
+              k_core: int = 10) -> RecData:
+    """Your own interaction file (``--data.dataset=events.csv``): CSV / TSV / Parquet whose
+    columns have the usual names (``formats.table.ALIASES``), then the protocol: ratings >=
+    ``rating_threshold`` when the file has a rating / weight column (every row otherwise),
+    iterative ``k_core``, vocab, ``split``. Repeated (user, item[, time]) rows keep the last."""
+    df = formats.read_interactions(path, columns="auto", dedupe="last")
+    threshold = rating_threshold if "rating" in df.columns else None
+    return _build(df, Path(path).name, split, seed, threshold, k_core)
 
 
 def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac: float = 0.1) -> RecData:

@@ -18,7 +18,7 @@ from recsys.data.io import PathLike, call_reader, data_error, require_file
 from recsys.data.validation import CANONICAL, ID_COLUMNS, validate_interactions
 from recsys.errors import ConfigError, DataError, missing_dependency
 
-__all__ = ["read_interactions"]
+__all__ = ["ALIASES", "guess_columns", "read_interactions"]
 
 _SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 _BINARY_MAGIC = {b"PAR1": "a Parquet file", b"PK\x03\x04": "a zip archive"}
@@ -38,10 +38,33 @@ def _infer_format(p: Path, fmt: str | None) -> str:
                "sep=), or use read_movielens for MovieLens .dat / u.data files")
 
 
+# the usual names of each canonical column, tried in this order by columns="auto"
+ALIASES = {
+    "user": ("user", "user_id", "userId", "userid", "UserID", "customer_id", "uid"),
+    "item": ("item", "item_id", "itemId", "itemid", "movieId", "movie_id", "MovieID", "product_id", "sku", "iid"),
+    "rating": ("rating", "weight", "score", "quantity"),
+    "time": ("time", "timestamp", "ts", "datetime"),
+}
+
+
+def guess_columns(p: Path, available: list[str]) -> dict[str, str | None]:
+    """``columns="auto"``: canonical name -> the first of its ``ALIASES`` present in the file
+    (None for an optional column that is absent); ``DataError`` without a user or item column."""
+    out = {k: next((a for a in ALIASES[k] if a in available), None) for k in CANONICAL}
+    missing = [k for k in ID_COLUMNS if out[k] is None]
+    if missing and len(available) > 1:
+        k = missing[0]
+        raise data_error(p, f"has no {k} column under a usual name ({', '.join(ALIASES[k])}); columns present: "
+                         f"{available}", f"rename the column, or name it: columns={{'{k}': '<column>', ...}}")
+    return out
+
+
 def _resolve_columns(
-    p: Path, available: list[str], columns: dict[str, str | None] | None, sep: str | None
+    p: Path, available: list[str], columns: dict[str, str | None] | str | None, sep: str | None
 ) -> dict[str, str]:
     """canonical name -> file column, for the columns to load."""
+    if columns == "auto":
+        columns = guess_columns(p, available)
     mapping: dict[str, str | None] = {c: c for c in CANONICAL}
     unknown = sorted(set(columns or {}) - set(CANONICAL))
     if unknown:
@@ -70,7 +93,7 @@ def _resolve_columns(
 
 def read_interactions(
     path: PathLike,
-    columns: dict[str, str | None] | None = None,
+    columns: dict[str, str | None] | str | None = None,
     sep: str | None = None,
     format: str | None = None,
     dedupe: str | None = None,
@@ -83,7 +106,9 @@ def read_interactions(
         columns: canonical name -> column in the file, e.g. ``{"user": "userId", "item":
             "movieId", "rating": "rating", "time": "timestamp"}``. Unmapped canonical names
             default to themselves; rating and time are loaded only if such a column exists
-            (map one to None to skip it). Other columns in the file are ignored.
+            (map one to None to skip it). Other columns in the file are ignored. ``"auto"``
+            takes the first usual name of each (``ALIASES``: user / user_id / userId ...,
+            item / item_id / itemId / movieId ..., rating / weight, timestamp / time).
         sep: field separator for text files (default "," for csv, tab for tsv).
         format: "csv", "tsv" or "parquet"; None infers it from the suffix.
         dedupe: None raises on duplicate (user, item[, time]) rows; "first"/"last" keeps one.
