@@ -94,3 +94,15 @@ def test_log_frequency_is_add_one_smoothed():
     got = log_frequency(np.array([3, 0, 1]))
     np.testing.assert_allclose(got, np.log(np.array([4.0, 1.0, 2.0]) / 7.0))
     assert np.isfinite(got).all()  # an unseen item keeps a finite log p
+
+
+def test_mask_entries_equals_mask_of_the_same_pairs_and_changes_the_logsumexp():
+    from recsys.model.corrections import mask_entries_
+
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]])
+    rows, cols = torch.tensor([0, 1]), torch.tensor([2, 0])
+    dense = torch.zeros(2, 3, dtype=torch.bool)
+    dense[rows, cols] = True
+    out = mask_entries_(logits.clone(), rows, cols)
+    assert torch.equal(out, mask(logits, dense))
+    assert (torch.logsumexp(out, 1) < torch.logsumexp(logits, 1)).all()  # the masked mass is gone

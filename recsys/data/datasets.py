@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -29,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys.data import formats
+from recsys.data.formats.table import SUFFIX_FORMATS
 from recsys.data.preprocess import kcore, to_implicit
 from recsys.data.recdata import RecData, binary_csr, from_interactions, to_csr
 from recsys.data.splits import split_random
@@ -39,6 +41,7 @@ from recsys.errors import ConfigError, DataError
 __all__ = ["DATASETS", "NAMES", "register", "data_root", "load_dataset", "load_file", "load_bibtex",
            "load_interactions", "shared_cache"]
 
+logger = logging.getLogger(__name__)
 Loader = Callable[..., RecData]
 DATASETS: dict[str, Loader] = {}
 
@@ -138,8 +141,6 @@ def _gowalla(root=None, *, split="random", seed=0, valid_frac: float = 0.1, **_p
     pairs): ``gowalla/{train,test}.txt(.gz)`` as given (no filtering); a seeded per-user share
     ``valid_frac`` of train becomes the validation set (``split_random`` with 0.9 / 0.1 / 0),
     since the published split has none; the test file is the test set."""
-    import logging
-
     r = data_root(root)
     tr_u, tr_i = formats.read_adjacency(_find(r, "gowalla", ["train.txt.gz", "train.txt"]))
     te_u, te_i = formats.read_adjacency(_find(r, "gowalla", ["test.txt.gz", "test.txt"]))
@@ -148,7 +149,7 @@ def _gowalla(root=None, *, split="random", seed=0, valid_frac: float = 0.1, **_p
     train = pd.DataFrame({"user": user_vocab.encode(tr_u), "item": item_vocab.encode(tr_i)})
     kept, held, _ = split_random(train, (1 - valid_frac, valid_frac, 0.0), seed=seed)
     shape = (len(user_vocab), len(item_vocab))
-    logging.getLogger(__name__).info("gowalla: %d of %d train pairs carved out as validation (seed %d)",
+    logger.info("gowalla: %d of %d train pairs carved out as validation (seed %d)",
                                      len(held), len(train), seed)
     return RecData("gowalla", to_csr(kept["user"], kept["item"], shape), to_csr(held["user"], held["item"], shape),
                    to_csr(user_vocab.encode(te_u), item_vocab.encode(te_i), shape), user_vocab, item_vocab)
@@ -213,12 +214,10 @@ def _load_cached(key, load: Callable[[], RecData]) -> RecData:
     return cache[repr(key)]
 
 
-_TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
-
-
 def _is_table_file(name: str) -> bool:
+    """A name ending like a file ``read_interactions`` reads (``.csv``, ``.tsv``, ``.parquet`` ...)."""
     suffixes = [x.lower() for x in Path(name).suffixes if x.lower() != ".gz"]
-    return bool(suffixes) and suffixes[-1] in _TABLE_SUFFIXES
+    return bool(suffixes) and suffixes[-1] in SUFFIX_FORMATS
 
 
 def load_file(path: str | os.PathLike, split: str = "random", seed: int = 0, rating_threshold: float | None = 3.0,

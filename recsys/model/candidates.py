@@ -135,9 +135,7 @@ def accidental_hits(users: torch.Tensor, items: torch.Tensor, cand: torch.Tensor
     candidates, which is column 0 of the logits already).
     """
     cand2 = cand if cand.dim() == 2 else cand[None, :].expand(len(items), -1)  # (B, C)
-    hits = torch.zeros(cand2.shape, dtype=torch.bool, device=cand.device)
-    if duplicates:
-        hits = cand2 == items[:, None]
+    hits = cand2 == items[:, None] if duplicates else torch.zeros(cand2.shape, dtype=torch.bool, device=cand.device)
     if known is not None:
         hits = hits | known.contains(users, cand)
     if exempt is not None:

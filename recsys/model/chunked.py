@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from recsys.errors import ConfigError
-from recsys.model.corrections import mask
+from recsys.model.corrections import mask_entries_
 
 
 class _ChunkedReduce(torch.autograd.Function):
@@ -63,14 +63,12 @@ class _ChunkedReduce(torch.autograd.Function):
 
 
 def _mask_chunk(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, s: int) -> torch.Tensor:
-    """``logits`` (B, c) of chunk [s, s + c) with the entries (rows, cols) inside it masked by
-    ``recsys.model.corrections.mask`` (-inf); ``cols`` sorted."""
+    """``logits`` (B, c) of chunk [s, s + c) with the entries (rows, cols) inside it masked in
+    place by ``recsys.model.corrections.mask_entries_`` (-inf); ``cols`` sorted."""
     lo, hi = torch.searchsorted(cols, torch.tensor([s, s + logits.shape[1]], device=cols.device)).tolist()
     if hi <= lo:
         return logits
-    hits = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)  # (B, c)
-    hits[rows[lo:hi], cols[lo:hi] - s] = True
-    return mask(logits, hits)
+    return mask_entries_(logits, rows[lo:hi], cols[lo:hi] - s)
 
 
 def _no_mask(q: torch.Tensor) -> torch.Tensor:

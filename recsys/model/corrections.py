@@ -11,7 +11,7 @@ each can be tested on a hand-worked example. Column 0 of the result is the posit
 Every head goes through this path: the sampled, in-batch and hard-negative heads call
 ``corrected_logits``; the full-catalogue heads (``FullSoftmax``, ``MultiLabelSigmoid``), whose
 (B, N) logits are never held whole, apply step 1 to the query (q / T, the same logits) and
-step 3 with ``mask`` chunk by chunk (``recsys.model.chunked``); they sample nothing, so step
+step 3 with ``mask_entries_`` chunk by chunk (``recsys.model.chunked``); they sample nothing, so step
 2 does not arise, and they keep every negative. The sampled sigmoid masks with ``mask`` too.
 """
 
@@ -50,6 +50,14 @@ def subtract_log_q(logits: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 def mask(logits: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
     """Set masked entries to -inf so they carry no probability mass and no gradient."""
     return logits.masked_fill(hits, NEG_INF)
+
+
+def mask_entries_(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``mask`` for entries given as (rows, cols) index pairs, in place: logits[rows, cols] =
+    -inf. The form the chunked full-catalogue heads use, whose masks are a few entries per row
+    of a (B, chunk) block (a dense bool mask would cost a (B, chunk) allocation and copy)."""
+    logits[rows, cols] = NEG_INF
+    return logits
 
 
 def keep_hardest(logits: torch.Tensor, k: int) -> torch.Tensor:

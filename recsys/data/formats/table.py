@@ -18,9 +18,9 @@ from recsys.data.io import PathLike, call_reader, data_error, require_file
 from recsys.data.validation import CANONICAL, ID_COLUMNS, validate_interactions
 from recsys.errors import ConfigError, DataError, missing_dependency
 
-__all__ = ["ALIASES", "guess_columns", "read_interactions"]
+__all__ = ["ALIASES", "SUFFIX_FORMATS", "guess_columns", "read_interactions"]
 
-_SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 _BINARY_MAGIC = {b"PAR1": "a Parquet file", b"PK\x03\x04": "a zip archive"}
 
 
@@ -31,8 +31,8 @@ def _infer_format(p: Path, fmt: str | None) -> str:
                               "Fix: pass one of those, or None to infer it from the suffix.")
         return fmt
     suffixes = [s.lower() for s in p.suffixes if s.lower() != ".gz"]
-    if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
-        return _SUFFIX_FORMATS[suffixes[-1]]
+    if suffixes and suffixes[-1] in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffixes[-1]]
     raise data_error(p, "cannot infer the format from the suffix; .csv, .tsv, .parquet (text ones "
                "optionally .gz) are recognised", "pass format='csv' / 'tsv' / 'parquet' (and "
                "sep=), or use read_movielens for MovieLens .dat / u.data files")
