@@ -20,3 +20,8 @@ class Schema:
     n_item_feature_values: int = 0  # G, e.g. genres
     item_feature_index: np.ndarray | None = None  # (N, Gmax) genre ids padded with G
     item_counts: np.ndarray | None = None  # (N,) train frequency (logQ, samplers)
+    item_numeric: np.ndarray | None = None  # (N, P) standardised numeric item features
+    user_numeric_dim: int = 0  # P', numeric user features per query
+    user_counts: np.ndarray | None = None  # (U,) train rows per user (0: a user unseen in training)
+    item_feature_names: list[str] = field(default_factory=list)  # G tokens, then the P numeric columns
+    user_feature_names: list[str] = field(default_factory=list)  # K fields, then the P' numeric columns

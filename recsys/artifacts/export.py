@@ -9,6 +9,7 @@ Export folder, every file listed with its sha256 in ``manifest.json``:
     faiss.index          inner-product FAISS index over item_embeddings (faiss.write_index)
     query_tower.pt       query tower state_dict + the fit config + the schema to rebuild it
     titles.json          (N,) item titles, when the dataset has them
+    item_features.json   (N,) each item's feature tokens (display only), when it has features
 
 Serving from it: ``recsys.artifacts.recommender.Recommender.from_export``.
 """
@@ -67,6 +68,7 @@ class Export:
     user_vocab: Vocab
     seen: sp.csr_matrix  # (U, N)
     titles: np.ndarray | None
+    item_features: list[str] | None = None  # (N,) feature tokens of each item, for display
 
     def faiss_index(self):
         return faiss.read_index(str(self.folder / "faiss.index"))
@@ -90,12 +92,49 @@ def _versions() -> dict:
     return {"recsys": rv, "torch": torch.__version__, "faiss": faiss.__version__, "numpy": np.__version__}
 
 
+def new_item_embeddings(model, data, path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """Embed the items of a feature file that are not in the catalogue, without retraining:
+    (raw ids (M,), embeddings (M, D) float32, titles (M,) or None, feature tokens (M,)).
+
+    The file has the columns of the training item file (``data.item_encoder``); its rows are
+    encoded with the training vocabulary (unknown tokens dropped) and embedded by
+    ``ItemTower.embed_new`` (features + the unknown-id row, or a zero id part). Ids already in
+    the catalogue raise ``DataError``.
+    """
+    from recsys.data.batches import pad_rows
+    from recsys.data.features import read_features
+
+    enc = data.item_encoder
+    if enc is None:
+        raise ConfigError(f"--items {str(path)!r}: the model was trained without item features, so a new item has "
+                          "nothing to be embedded from. Fix: train with item_features (data.source) first.")
+    frame, _ = read_features(path, "item", enc.columns)
+    known = data.item_vocab.raw.get_indexer(frame.index) >= 0
+    if known.any():
+        raise DataError(f"{path}: {int(known.sum())} item id(s) already in the catalogue (e.g. "
+                        f"{frame.index[known][:3].tolist()}); --items adds new items only. Fix: drop those rows.")
+    bag = enc.bag(frame)  # (M, G)
+    rows = None
+    if model.item_tower.feat_emb is not None:
+        rows = torch.from_numpy(pad_rows(bag.indptr.astype(np.int64), bag.indices.astype(np.int64),
+                                         np.arange(len(frame)), max(1, int(np.diff(bag.indptr).max(initial=0))),
+                                         pad=bag.shape[1]))
+    num = enc.numeric(frame)
+    xb = model.item_tower.embed_new(rows, None if num is None else torch.from_numpy(num))
+    titles = frame[enc.columns.title].astype(str).to_numpy() if enc.columns.title else None
+    names = np.asarray(enc.tokens, dtype=object)
+    tokens = [" ".join(names[bag.indices[bag.indptr[j]:bag.indptr[j + 1]]]) for j in range(bag.shape[0])]
+    return frame.index.to_numpy(), xb.float().cpu().numpy(), titles, tokens
+
+
 def write_export(model, dm, meta, out, index: str = "flat", index_params: dict | None = None,
-                 force: bool = False, metrics: dict | None = None) -> Path:
+                 force: bool = False, metrics: dict | None = None, new_items=None) -> Path:
     """Write the export folder ``out`` atomically (into ``out.tmp``, then ``os.replace``).
 
     Refuses a non-empty existing ``out`` unless ``force``. ``index``: ``flat`` / ``exact``
     (IndexFlatIP), ``ivf`` or ``hnsw`` (``recsys.retrieval`` retrievers, inner product).
+    ``new_items``: ``new_item_embeddings``' (ids, embeddings, titles, tokens), appended to the
+    catalogue (never seen by any user).
     """
     from recsys.retrieval import make_retriever
 
@@ -114,13 +153,32 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
         t = time.perf_counter()
         xb = np.ascontiguousarray(model.item_embeddings().float().cpu().numpy())  # (N, D)
         xu = query_embeddings(model.query_tower, d, np.arange(d.n_users), dm.max_history, dm.eval_batch_size)
+        item_vocab, seen, titles = d.item_vocab, d.seen("test").astype(np.float32), d.item_titles
+        feats = d.item_feature_strings()
+        if new_items is not None:
+            ids, xn, tn, fn = new_items
+            if xn.shape[1] != xb.shape[1]:
+                raise DataError(f"new item embeddings have dim {xn.shape[1]}, the catalogue {xb.shape[1]}. Fix: embed "
+                                "them with the same checkpoint (new_item_embeddings).")
+            xb = np.ascontiguousarray(np.concatenate([xb, xn]), dtype=np.float32)
+            item_vocab = Vocab(np.concatenate([d.item_vocab.raw.to_numpy().astype(object), ids.astype(object)])
+                               if d.item_vocab.raw.dtype.kind not in "iu" or ids.dtype.kind not in "iu"
+                               else np.concatenate([d.item_vocab.raw.to_numpy(), ids]), name="item")
+            seen = sp.hstack([seen, sp.csr_matrix((seen.shape[0], len(ids)), dtype=np.float32)]).tocsr()
+            if feats is not None:
+                feats = feats + list(fn)
+            if titles is not None or tn is not None:
+                titles = np.concatenate([titles if titles is not None else np.full(d.n_items, "", object),
+                                         tn if tn is not None else np.full(len(ids), "", object)])
         np.save(tmp / "item_embeddings.npy", xb)
         np.save(tmp / "user_embeddings.npy", xu)
-        d.item_vocab.save(tmp / "item_vocab.json")
+        item_vocab.save(tmp / "item_vocab.json")
         d.user_vocab.save(tmp / "user_vocab.json")
-        sp.save_npz(tmp / "seen.npz", d.seen("test").astype(np.float32))
-        if d.item_titles is not None:
-            (tmp / "titles.json").write_text(json.dumps([str(x) for x in d.item_titles]))
+        sp.save_npz(tmp / "seen.npz", seen)
+        if titles is not None:
+            (tmp / "titles.json").write_text(json.dumps([str(x) for x in titles]))
+        if feats is not None:
+            (tmp / "item_features.json").write_text(json.dumps(feats))
         name = "flat" if index == "exact" else index
         retriever = make_retriever(name, **(index_params or {})).build(xb)
         faiss.write_index(retriever.index, str(tmp / "faiss.index"))
@@ -130,7 +188,8 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = {
             "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(meta.path),
-            "dataset": meta.dataset, "n_users": int(d.n_users), "n_items": int(d.n_items), "dim": int(xb.shape[1]),
+            "dataset": meta.dataset, "n_users": int(d.n_users), "n_items": int(xb.shape[0]), "dim": int(xb.shape[1]),
+            "n_trained_items": int(d.n_items), "max_history": int(dm.max_history),
             "index": {"name": name, "params": index_params or {}}, "score": "inner product",
             "prior_weight": model.served_prior_weight,
             "metrics": metrics or {}, "config": meta.config, "versions": _versions(), "files": files,
@@ -175,12 +234,14 @@ def load_export(folder) -> Export:
                 f"{info['sha256'][:16]}...: the file was modified or corrupted. Fix: re-export the "
                 "checkpoint (`recsys export --force`)."
             )
-    titles = None
+    titles = feats = None
     if (folder / "titles.json").is_file():
         titles = np.asarray(json.loads((folder / "titles.json").read_text()), dtype=object)
+    if (folder / "item_features.json").is_file():
+        feats = [str(x) for x in json.loads((folder / "item_features.json").read_text())]
     return Export(folder, manifest, np.load(folder / "item_embeddings.npy"),
                   np.load(folder / "user_embeddings.npy"), Vocab.load(folder / "item_vocab.json"),
-                  Vocab.load(folder / "user_vocab.json"), sp.load_npz(folder / "seen.npz").tocsr(), titles)
+                  Vocab.load(folder / "user_vocab.json"), sp.load_npz(folder / "seen.npz").tocsr(), titles, feats)
 
 
 def load_query_tower(folder):

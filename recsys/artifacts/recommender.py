@@ -68,14 +68,18 @@ def gumbel_topk(scores: np.ndarray, k: int, temperature: float = 0.0, rng: np.ra
 
 @dataclass
 class Recommender:
-    """Scores every item for one user by inner product and returns the best unseen ones."""
+    """Scores every item by inner product and returns the best unseen ones: for a known user
+    (``recommend``), for a user the model has never seen from the items they interacted with
+    (``recommend_history``), or for many users at once (``recommend_many``)."""
 
     xb: np.ndarray  # (N, D) float32 item embeddings
-    embed_user: Callable[[int], np.ndarray]  # user index -> (D,) query embedding
+    embed_users: Callable[[np.ndarray], np.ndarray]  # user indices (Q,) -> (Q, D) query embeddings
     seen: sp.csr_matrix  # (U, N) items never recommended to each user (train + valid)
     user_vocab: Vocab
     item_vocab: Vocab
     titles: np.ndarray | None = None  # (N,) str
+    embed_history: Callable[[list[np.ndarray]], np.ndarray] | None = None  # item-index lists -> (Q, D)
+    item_features: list[str] | None = None  # (N,) the feature tokens of each item, for display
 
     @classmethod
     def from_checkpoint(cls, path, data_root=None) -> Recommender:
@@ -84,33 +88,109 @@ class Recommender:
         model, dm, _ = load_checkpoint(path, data_root)
         d = dm.data
         xb = model.item_embeddings().float().cpu().numpy()
-
-        def embed_user(u: int) -> np.ndarray:
-            return query_embeddings(model.query_tower, d, np.array([u]), dm.max_history)[0]
-
-        return cls(xb, embed_user, d.seen("test"), d.user_vocab, d.item_vocab, d.item_titles)
+        feats = d.item_feature_strings()
+        return cls(xb, lambda users: query_embeddings(model.query_tower, d, users, dm.max_history),
+                   d.seen("test"), d.user_vocab, d.item_vocab, d.item_titles,
+                   history_embedder(model.query_tower, d.n_items, dm.max_history), feats)
 
     @classmethod
     def from_export(cls, folder) -> Recommender:
+        from recsys.artifacts.export import load_query_tower
+
         e = load_export(folder)
-        return cls(e.item_embeddings, lambda u: e.user_embeddings[u], e.seen, e.user_vocab,
-                   e.item_vocab, e.titles)
+        tower = load_query_tower(folder) if (e.folder / "query_tower.pt").is_file() else None
+        n_trained = int(e.manifest.get("n_trained_items", e.item_embeddings.shape[0]))  # before export --items
+        hist = None if tower is None else history_embedder(tower, n_trained, int(e.manifest.get("max_history", 50)))
+        return cls(e.item_embeddings, lambda users: e.user_embeddings[users], e.seen, e.user_vocab,
+                   e.item_vocab, e.titles, hist, e.item_features)
 
-    def recommend(self, user, k: int = 10, temperature: float = 0.0, seed: int | None = None) -> list[dict]:
-        """Rows {rank, item, score, title} for raw user id ``user``; seen items excluded.
-
-        ``temperature`` > 0 samples k distinct items from softmax(score / T) (``gumbel_topk``).
-        """
-        u = int(self.user_vocab.encode([user])[0])  # unknown id -> the Vocab's DataError
-        scores = self.xb @ self.embed_user(u).astype(np.float32)  # (N,)
-        mask = np.zeros(len(scores), dtype=bool)
-        mask[self.seen.indices[self.seen.indptr[u]:self.seen.indptr[u + 1]]] = True
+    def _rows(self, scores: np.ndarray, exclude: np.ndarray, k: int, temperature: float, seed) -> list[dict]:
         if k > len(scores):
             raise ConfigError(f"k={k} exceeds the catalogue size N={len(scores)}. Fix: choose k <= N.")
-        ids = gumbel_topk(scores, k, temperature, np.random.default_rng(seed), exclude_mask=mask)
+        ids = gumbel_topk(scores, k, temperature, np.random.default_rng(seed), exclude_mask=exclude)
         ids = ids[ids >= 0]
         raw = self.item_vocab.decode(ids)
         return [{"rank": r + 1, "item": raw[r].item() if hasattr(raw[r], "item") else raw[r],
                  "score": float(scores[i]),
-                 "title": None if self.titles is None else str(self.titles[i])}
+                 "title": None if self.titles is None else str(self.titles[i]),
+                 **({} if self.item_features is None else {"features": self.item_features[i]})}
                 for r, i in enumerate(ids)]
+
+    def recommend(self, user, k: int = 10, temperature: float = 0.0, seed: int | None = None) -> list[dict]:
+        """Rows {rank, item, score, title[, features]} for raw user id ``user``; seen items excluded.
+
+        ``temperature`` > 0 samples k distinct items from softmax(score / T) (``gumbel_topk``).
+        """
+        u = int(self.user_vocab.encode([user])[0])  # unknown id -> the Vocab's DataError
+        scores = self.xb @ self.embed_users(np.array([u]))[0].astype(np.float32)  # (N,)
+        mask = np.zeros(len(scores), dtype=bool)
+        mask[self.seen.indices[self.seen.indptr[u]:self.seen.indptr[u + 1]]] = True
+        return self._rows(scores, mask, k, temperature, seed)
+
+    def recommend_history(self, items, k: int = 10, temperature: float = 0.0, seed: int | None = None) -> list[dict]:
+        """Rows for a user the model has never seen, described by the raw ids of the ``items``
+        they interacted with (the query tower's bag; no user id, no user features). Those
+        items are excluded from the result."""
+        if self.embed_history is None:
+            raise ConfigError("recommend --history needs a query tower that pools a bag of item ids "
+                              "(QueryTower use_bag: true over the item history). Fix: use a model trained "
+                              "with use_bag and max_history > 0, from --ckpt or a new export.")
+        idx = self.item_vocab.encode(list(items))  # unknown id -> the Vocab's DataError
+        scores = self.xb @ self.embed_history([idx])[0].astype(np.float32)  # (N,)
+        mask = np.zeros(len(scores), dtype=bool)
+        mask[idx] = True
+        return self._rows(scores, mask, k, temperature, seed)
+
+    def recommend_many(self, users=None, k: int = 10, chunk: int = 4096, index: str = "exact"):
+        """Top-k for many known users, ``chunk`` at a time, through the retrievers evaluation
+        uses (``recsys.retrieval``; seen items excluded). ``users``: raw ids, or None for every
+        user. Yields pandas frames (user, rank, item, score), one per chunk."""
+        import pandas as pd
+
+        from recsys.retrieval import make_retriever
+
+        idx = np.arange(len(self.user_vocab)) if users is None else self.user_vocab.encode(list(users))
+        if k > self.xb.shape[0]:
+            raise ConfigError(f"k={k} exceeds the catalogue size N={self.xb.shape[0]}. Fix: choose k <= N.")
+        retriever = make_retriever(index).build(np.ascontiguousarray(self.xb, dtype=np.float32))
+        for s in range(0, len(idx), chunk):
+            u = idx[s:s + chunk]  # (Q,)
+            D, I = retriever.search(np.ascontiguousarray(self.embed_users(u), dtype=np.float32), k,
+                                    exclude=self.seen[u])  # (Q, k)
+            ok = I >= 0
+            rows, ranks = np.nonzero(ok)
+            yield pd.DataFrame({"user": self.user_vocab.decode(u[rows]), "rank": (ranks + 1).astype(np.int32),
+                                "item": self.item_vocab.decode(I[ok]), "score": D[ok].astype(np.float32)})
+
+
+def history_embedder(query_tower, n_items: int, max_history: int):
+    """A function item-index lists -> (Q, D) query embeddings of new users (user id -1, the bag
+    = the listed items, evenly thinned to ``max_history``); None when the tower has no item bag."""
+    import torch
+
+    from recsys.data.batches import pad_rows
+
+    bag = getattr(query_tower, "bag_emb", None)
+    if bag is None or bag.num_embeddings != n_items + 1:
+        return None
+
+    @torch.no_grad()
+    def embed(histories: list[np.ndarray]) -> np.ndarray:
+        late = [int(j) for h in histories for j in h if j >= n_items]
+        if late:
+            raise DataError(f"history items with index {late[:5]} were added after training (export --items): the "
+                            f"query tower knows the {n_items} items it was trained on. Fix: describe the user by "
+                            "items of the training catalogue.")
+        indptr = np.concatenate([[0], np.cumsum([len(h) for h in histories])]).astype(np.int64)
+        flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+        H = max(1, min(max_history or 1, int(np.diff(indptr).max())))
+        b = pad_rows(indptr, flat, np.arange(len(histories)), H, pad=n_items)  # (Q, H)
+        was = query_tower.training
+        query_tower.eval()
+        try:
+            batch = {"user": torch.full((len(histories),), -1, dtype=torch.long), "bag": torch.from_numpy(b)}
+            return query_tower(batch).float().cpu().numpy()
+        finally:
+            query_tower.train(was)
+
+    return embed

@@ -38,8 +38,8 @@ def evaluate_checkpoint(ckpt, split: str = "test", ks=(10, 20, 50), index: str =
     from recsys.reporting import json_safe, metric_table
 
     ks = sorted({int(k) for k in ks})
-    if split not in ("valid", "test"):
-        raise ConfigError(f"--split {split!r}: need 'valid' or 'test'. Fix: pass one of them.")
+    if split not in ("valid", "test", "cold_items"):
+        raise ConfigError(f"--split {split!r}: need 'valid', 'test' or 'cold_items'. Fix: pass one of them.")
     model, dm, meta = load_checkpoint(ckpt, data_root)
     res = evaluate(model, dm, split, ks=tuple(ks), index=index, index_params=index_params)
     metrics = json_safe(res.metrics)
@@ -70,7 +70,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--index", default="exact", choices=["exact", "flat", "ivf", "hnsw"],
                    help="retriever (default exact)")
     p.add_argument("--index-params", default=None, help="retriever parameters as JSON, e.g. '{\"nprobe\": 32}'")
-    p.add_argument("--split", default="test", choices=["test", "valid"])
+    p.add_argument("--split", default="test", choices=["test", "valid", "cold_items"],
+                   help="test (default), valid, or cold_items: the test items absent from train and validation, "
+                        "ranked among themselves (hold them out with split kind 'items')")
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's run folder)")
     p.add_argument("--data-root", default=None, help="data folder (default: the fit config's, else $RECSYS_DATA)")
     a = p.parse_args(argv)

@@ -70,12 +70,14 @@ def query_inputs(data: RecData, users: np.ndarray, H: int, rng=None, target_pos=
         if data.query_bags is not None:
             m = data.query_bags
             out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1], rng=rng)
-        else:
-            m = data.train
+        else:  # training: the train history without the target; evaluation: the whole history
+            m = data.train if target_pos is not None else data.history
             out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1],
                                   exclude_pos=target_pos, rng=rng)
     if data.user_features is not None:
         out["user_feats"] = data.user_features[users]
+    if data.user_numeric is not None:
+        out["user_num"] = data.user_numeric[users]
     return out
 
 

@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys.data.batches import PairDataset, QueryDataset, batch_identity, pad_rows
-from recsys.data.datasets import load_dataset
-from recsys.data.recdata import RecData
+from recsys.data.datasets import load_dataset, load_source_cached
+from recsys.data.recdata import RecData, from_frames
+from recsys.data.source import DataSource
 from recsys.data.synthetic import SyntheticConfig
 from recsys.errors import ConfigError
 from recsys.schema import Schema
@@ -24,14 +25,24 @@ def make_schema(data: RecData) -> Schema:
         fi = pad_rows(m.indptr, m.indices, np.arange(m.shape[0]), max(1, int(np.diff(m.indptr).max())),
                       pad=m.shape[1])
     return Schema(data.n_users, data.n_items, data.bag_size, data.user_feature_cards,
-                  data.n_item_feature_values, fi, data.item_counts())
+                  data.n_item_feature_values, fi, data.item_counts(), item_numeric=data.item_numeric,
+                  user_numeric_dim=0 if data.user_numeric is None else int(data.user_numeric.shape[1]),
+                  user_counts=np.diff(data.train.indptr).astype(np.int64),
+                  item_feature_names=data.item_encoder.names if data.item_encoder else [],
+                  user_feature_names=data.user_encoder.names if data.user_encoder else [])
 
 
 class InteractionDataModule(L.LightningDataModule):
-    """Loads a named dataset (``recsys.data.datasets``) and serves train / eval batches.
+    """Loads a dataset and serves train / eval batches: a named one (``recsys.data.datasets``),
+    the user's own files (``source``), or a ``RecData`` built in Python (``data``).
 
     Args:
-        dataset: ``synthetic`` (embedded default), ``ml-100k``, ``ml-1m`` or ``bibtex``.
+        dataset: ``synthetic`` (embedded default), ``ml-100k``, ``ml-1m``, ``bibtex``,
+            ``gowalla``, or the path of a CSV / TSV / Parquet interaction file with the usual
+            column names.
+        source: your own files, filters and split (``recsys.data.source.DataSource``; YAML
+            ``data.source``); replaces ``dataset`` and the protocol settings below.
+        data: an already built ``RecData`` (Python only; e.g. ``RecData.from_frames``).
         root: data folder (default ``$RECSYS_DATA`` or ``~/.cache/recsys``).
         split: ``random`` (per-user 8:1:1), ``leave_last_out`` or ``global_time``.
         seed: split seed (and batch-order seed).
@@ -52,6 +63,8 @@ class InteractionDataModule(L.LightningDataModule):
     def __init__(
         self,
         dataset: str = "synthetic",
+        source: DataSource | None = None,
+        data: RecData | None = None,
         root: str | None = None,
         split: str = "random",
         seed: int = 0,
@@ -81,23 +94,52 @@ class InteractionDataModule(L.LightningDataModule):
             raise ConfigError(f"user_weight_power={user_weight_power}: need >= 0 (0 = every pair once per "
                               "epoch). Fix: e.g. user_weight_power=0.5.")
         self.user_weight_power = user_weight_power
-        self._data: RecData | None = None
+        self.source = source if source is None or isinstance(source, DataSource) else DataSource(**source)
+        self._data: RecData | None = data
+        if data is not None:
+            self.dataset = data.name
+        elif self.source is not None:
+            self.dataset = self.source.label()
 
     @classmethod
     def from_data(cls, data: RecData, **kwargs) -> InteractionDataModule:
         """A data module serving an already built ``RecData`` (``kwargs``: the batching
-        arguments of ``__init__``; the loading ones are not used)::
+        arguments of ``__init__``; the loading ones are not used); same as ``cls(data=data)``::
 
-            dm = InteractionDataModule.from_data(from_interactions(df, "mine"), batch_size=512)
+            dm = InteractionDataModule.from_data(RecData.from_frames(df, name="mine"), batch_size=512)
         """
-        dm = cls(**kwargs)
-        dm.dataset = data.name
-        dm._data = data
-        return dm
+        return cls(data=data, **kwargs)
+
+    @classmethod
+    def from_frame(cls, interactions, items=None, users=None, item_columns=None, user_columns=None,
+                   split: str = "random", seed: int = 0, name: str = "frame", **kwargs) -> InteractionDataModule:
+        """A data module over a pandas interaction frame (columns user, item[, time]; other names
+        via ``recsys.data.formats.table.ALIASES``) and optional feature frames (raw ``items`` /
+        ``users`` tables with their ``FeatureColumns``); ``kwargs``: batching arguments::
+
+            dm = InteractionDataModule.from_frame(events, items=catalogue_df,
+                                                  item_columns=FeatureColumns(categorical=["brand"]))
+        """
+        from recsys.data.features import feature_frame
+        from recsys.data.formats.table import guess_columns
+        from recsys.data.validation import validate_interactions
+
+        cols = guess_columns(name, [str(c) for c in interactions.columns])
+        df = interactions.rename(columns={v: k for k, v in cols.items() if v is not None})
+        df = validate_interactions(df, name, dedupe="last").drop(columns=["rating"], errors="ignore")
+        if items is not None:
+            items, item_columns = feature_frame(items, "item", item_columns, f"{name} items")
+        if users is not None:
+            users, user_columns = feature_frame(users, "user", user_columns, f"{name} users")
+        data = from_frames(df, name=name, split=split, seed=seed, items=items, item_columns=item_columns,
+                           users=users, user_columns=user_columns)
+        return cls(data=data, seed=seed, **kwargs)
 
     @property
     def data(self) -> RecData:
         """The loaded ``RecData`` (loaded on first access)."""
+        if self._data is None and self.source is not None:
+            self._data = load_source_cached(self.source, seed=self.seed)
         if self._data is None:
             self._data = load_dataset(
                 self.dataset, self.root, split=self.split, seed=self.seed,
@@ -137,7 +179,7 @@ class InteractionDataModule(L.LightningDataModule):
         """Batches of evaluation queries for ``split`` ('valid' or 'test')."""
         H = self.eval_max_history
         if H is None:  # the longest bag among all queries
-            m = self.data.query_bags if self.data.query_bags is not None else self.data.train
+            m = self.data.query_bags if self.data.query_bags is not None else self.data.history
             H = int(np.diff(m.indptr).max()) if self.max_history > 0 else 0
         ds = QueryDataset(self.data, self.eval_users(split), H)
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=batch_identity)

@@ -32,14 +32,14 @@ import scipy.sparse as sp
 from recsys.data import formats
 from recsys.data.formats.table import SUFFIX_FORMATS
 from recsys.data.preprocess import kcore, to_implicit
-from recsys.data.recdata import RecData, binary_csr, from_interactions, to_csr
-from recsys.data.splits import split_random
+from recsys.data.recdata import RecData, binary_csr, from_interactions
+from recsys.data.source import DataSource, load_source
 from recsys.data.synthetic import SyntheticConfig, make_synthetic
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "NAMES", "register", "data_root", "load_dataset", "load_file", "load_bibtex",
-           "load_interactions", "shared_cache"]
+           "load_interactions", "shared_cache", "load_source_cached"]
 
 logger = logging.getLogger(__name__)
 Loader = Callable[..., RecData]
@@ -138,21 +138,13 @@ def _bibtex(root=None, *, split="random", seed=0, **_protocol) -> RecData:
 @register("gowalla")
 def _gowalla(root=None, *, split="random", seed=0, valid_frac: float = 0.1, **_protocol) -> RecData:
     """Gowalla, LightGCN / NGCF split (29,858 users, 40,981 items, 810,128 train + 217,242 test
-    pairs): ``gowalla/{train,test}.txt(.gz)`` as given (no filtering); a seeded per-user share
-    ``valid_frac`` of train becomes the validation set (``split_random`` with 0.9 / 0.1 / 0),
-    since the published split has none; the test file is the test set."""
+    pairs): the pre-split source ``gowalla/{train,test}.txt(.gz)`` as given (no filtering); a
+    seeded per-user share ``valid_frac`` of train becomes the validation set, since the
+    published split has none; the test file is the test set."""
     r = data_root(root)
-    tr_u, tr_i = formats.read_adjacency(_find(r, "gowalla", ["train.txt.gz", "train.txt"]))
-    te_u, te_i = formats.read_adjacency(_find(r, "gowalla", ["test.txt.gz", "test.txt"]))
-    user_vocab, _ = Vocab.fit(np.concatenate([tr_u, te_u]), name="user")
-    item_vocab, _ = Vocab.fit(np.concatenate([tr_i, te_i]), name="item")
-    train = pd.DataFrame({"user": user_vocab.encode(tr_u), "item": item_vocab.encode(tr_i)})
-    kept, held, _ = split_random(train, (1 - valid_frac, valid_frac, 0.0), seed=seed)
-    shape = (len(user_vocab), len(item_vocab))
-    logger.info("gowalla: %d of %d train pairs carved out as validation (seed %d)",
-                                     len(held), len(train), seed)
-    return RecData("gowalla", to_csr(kept["user"], kept["item"], shape), to_csr(held["user"], held["item"], shape),
-                   to_csr(user_vocab.encode(te_u), item_vocab.encode(te_i), shape), user_vocab, item_vocab)
+    src = DataSource(train=str(_find(r, "gowalla", ["train.txt.gz", "train.txt"])),
+                     test=str(_find(r, "gowalla", ["test.txt.gz", "test.txt"])), valid_frac=valid_frac, name="gowalla")
+    return load_source(src, seed=seed)
 
 
 NAMES = tuple(DATASETS)
@@ -222,13 +214,19 @@ def _is_table_file(name: str) -> bool:
 
 def load_file(path: str | os.PathLike, split: str = "random", seed: int = 0, rating_threshold: float | None = 3.0,
               k_core: int = 10) -> RecData:
-    """Your own interaction file (``--data.dataset=events.csv``): CSV / TSV / Parquet whose
-    columns have the usual names (``formats.table.ALIASES``), then the protocol: ratings >=
-    ``rating_threshold`` when the file has a rating / weight column (every row otherwise),
-    iterative ``k_core``, vocab, ``split``. Repeated (user, item[, time]) rows keep the last."""
+    """Your own interaction file (``--data.dataset=events.csv``): the ``DataSource`` of a CSV /
+    TSV / Parquet file whose columns have the usual names (``formats.table.ALIASES``) with
+    the protocol: ratings >= ``rating_threshold`` when the file has a rating / weight column
+    (every row otherwise), iterative ``k_core``, vocab, ``split``. Repeated (user, item[,
+    time]) rows keep the last."""
     df = formats.read_interactions(path, columns="auto", dedupe="last")
     threshold = rating_threshold if "rating" in df.columns else None
     return _build(df, Path(path).name, split, seed, threshold, k_core)
+
+
+def load_source_cached(src: DataSource, seed: int = 0) -> RecData:
+    """``load_source``, shared inside ``shared_cache()`` like ``load_dataset``."""
+    return _load_cached(("source", src.key(), seed), lambda: load_source(src, seed=seed))
 
 
 def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac: float = 0.1) -> RecData:

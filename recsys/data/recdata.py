@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys.data.features import FeatureColumns, FeatureEncoder
 from recsys.data.splits import make_split
 from recsys.data.vocab import Vocab
-from recsys.errors import DataError
+from recsys.errors import ConfigError, DataError
 from recsys.numeric import gini
 
 
@@ -35,6 +37,20 @@ class RecData:
     item_features: sp.csr_matrix | None = None  # (N, G) multi-hot categorical
     item_titles: np.ndarray | None = None  # (N,) str
     planted: dict = field(default_factory=dict)  # synthetic ground truth
+    item_numeric: np.ndarray | None = None  # (N, P) float32 standardised numeric item features
+    user_numeric: np.ndarray | None = None  # (U, P') float32 standardised numeric user features
+    item_encoder: FeatureEncoder | None = None  # encodes new items' features like the known ones
+    user_encoder: FeatureEncoder | None = None
+    fold_in: sp.csr_matrix | None = None  # (U, N) input histories of held-out users (split kind users)
+
+    @classmethod
+    def from_frames(cls, interactions: pd.DataFrame, **kwargs) -> RecData:
+        """A ``RecData`` from data frames (``recsys.data.recdata.from_frames``)::
+
+            data = RecData.from_frames(events, items=item_frame,
+                                       item_columns=FeatureColumns(categorical=["brand"]))
+        """
+        return from_frames(interactions, **kwargs)
 
     @property
     def n_users(self) -> int:
@@ -59,6 +75,39 @@ class RecData:
     def n_item_feature_values(self) -> int:
         return 0 if self.item_features is None else self.item_features.shape[1]
 
+    @cached_property
+    def history(self) -> sp.csr_matrix:
+        """(U, N) the items a query is built from at evaluation: train, plus the input rows of
+        held-out users (split kind ``users``), which are never trained on."""
+        return self.train if self.fold_in is None else (self.train + self.fold_in).tocsr()
+
+    def cold_items(self) -> np.ndarray:
+        """Items with no train or validation interaction that occur in test (sorted ids)."""
+        warm = np.asarray((self.train + self.valid).sum(axis=0)).ravel() > 0
+        in_test = np.diff(self.test.tocsc().indptr) > 0
+        return np.flatnonzero(in_test & ~warm)
+
+    def candidates(self, split: str) -> np.ndarray | None:
+        """The items ranked for ``split``: None for the whole catalogue, the cold items for
+        ``cold_items`` (a new item competes with the other new items)."""
+        if split != "cold_items":
+            return None
+        cold = self.cold_items()
+        if len(cold) == 0:
+            raise DataError(f"{self.name}: split='cold_items' but no test item is absent from train and "
+                            "validation. Fix: hold out whole items with split kind 'items' "
+                            "(split: {kind: items, test: 0.1}).")
+        return cold
+
+    def item_feature_strings(self) -> list[str] | None:
+        """(N,) the feature tokens of each item joined by spaces (for display), None without
+        item features."""
+        if self.item_features is None or self.item_encoder is None:
+            return None
+        names = np.asarray(self.item_encoder.tokens, dtype=object)
+        m = self.item_features.tocsr()
+        return [" ".join(names[m.indices[m.indptr[j]:m.indptr[j + 1]]]) for j in range(m.shape[0])]
+
     def item_counts(self) -> np.ndarray:
         """(N,) train interactions per item (for popularity, logQ and samplers)."""
         return np.asarray(self.train.sum(axis=0)).ravel().astype(np.int64)
@@ -66,22 +115,31 @@ class RecData:
     def seen(self, split: str) -> sp.csr_matrix:
         """Items excluded from the ranking for ``split``: train for valid, train+valid for test."""
         if split == "valid":
-            return self.train
-        if split == "test":
-            return (self.train + self.valid).tocsr()
-        raise DataError(f"split='{split}': need 'valid' or 'test'. Fix: pass one of them.")
+            return self.history
+        if split in ("test", "cold_items"):
+            return (self.history + self.valid).tocsr()
+        raise DataError(f"split='{split}': need 'valid', 'test' or 'cold_items'. Fix: pass one of them.")
 
     def eval_users(self, split: str) -> np.ndarray:
         """The queries of ``split``: users with at least one held-out item there."""
         return np.flatnonzero(np.diff(self.truth(split).indptr) > 0)
 
     def truth(self, split: str) -> sp.csr_matrix:
-        """Held-out items of ``split`` ('valid' or 'test')."""
+        """Held-out items of ``split`` ('valid', 'test', or 'cold_items': the test items of
+        ``cold_items()`` only)."""
+        if split == "cold_items":
+            keep = np.zeros(self.n_items, dtype=np.float32)
+            keep[self.candidates(split)] = 1.0
+            m = (self.test @ sp.diags(keep)).tocsr()
+            m.eliminate_zeros()
+            return m
+        if split not in ("valid", "test"):
+            self.seen(split)  # the error naming the choices
         return {"valid": self.valid, "test": self.test}[split]
 
     def stats(self) -> dict:
         """Users, items, interactions, density and popularity skew of the whole data."""
-        allm = (self.train + self.valid + self.test).tocsr()
+        allm = (self.history + self.valid + self.test).tocsr()
         counts = np.sort(np.asarray(allm.sum(axis=0)).ravel())[::-1]
         nnz = int(allm.nnz)
         top = max(1, int(round(0.1 * len(counts))))
@@ -95,6 +153,10 @@ class RecData:
             "train": int(self.train.nnz), "valid": int(self.valid.nnz), "test": int(self.test.nnz),
             "top10pct_item_share": float(counts[:top].sum() / max(1, counts.sum())),
             "item_gini": gini(counts),
+            "cold_test_items": int(len(self.cold_items())),
+            "item_feature_values": self.n_item_feature_values,
+            "item_numeric_features": 0 if self.item_numeric is None else int(self.item_numeric.shape[1]),
+            "user_feature_fields": len(self.user_feature_cards),
         }
 
 
@@ -125,30 +187,78 @@ def from_interactions(
     item_features: pd.DataFrame | None = None,
     item_titles: pd.Series | None = None,
 ) -> RecData:
-    """Encode ids with a ``Vocab``, split, and build the CSR matrices.
+    """The bundled datasets' path: ``from_frames`` with categorical user fields (every column
+    of ``user_features``, indexed by raw user id) and a '|'-joined ``genres`` column of
+    ``item_features`` (indexed by raw item id)."""
+    uc = FeatureColumns(categorical=list(user_features.columns)) if user_features is not None else None
+    ic = FeatureColumns(multi={"genres": "|"}) if item_features is not None else None
+    return from_frames(df, name=name, split=split, seed=seed, items=item_features, item_columns=ic,
+                       users=user_features, user_columns=uc, item_titles=item_titles)
 
-    ``user_features``: frame indexed by raw user id, categorical columns (codes made here).
-    ``item_features``: frame indexed by raw item id with a ``genres`` column of
-    '|'-joined strings (multi-hot). ``item_titles``: series indexed by raw item id.
+
+def from_frames(
+    interactions: pd.DataFrame,
+    name: str = "data",
+    split: str = "random",
+    seed: int = 0,
+    valid: float = 0.1,
+    test: float = 0.1,
+    items: pd.DataFrame | None = None,
+    item_columns: FeatureColumns | None = None,
+    users: pd.DataFrame | None = None,
+    user_columns: FeatureColumns | None = None,
+    item_titles: pd.Series | None = None,
+    catalogue: str = "interactions",
+    parts: tuple[pd.DataFrame, ...] | None = None,
+) -> RecData:
+    """Encode ids with a ``Vocab``, split, build the CSR matrices and encode side features.
+
+    Args:
+        interactions: canonical frame [user, item, (time)] (``validate_interactions``), already
+            filtered; ignored rows-wise when ``parts`` is given (then only its ids count).
+        split / valid / test / seed: ``recsys.data.splits.make_split``.
+        items / users: feature frames indexed by raw id (``features.feature_frame``), with
+            their ``FeatureColumns``; ids without a row get no feature (missing values).
+        item_titles: series indexed by raw item id.
+        catalogue: ``interactions`` (items that occur in an interaction) or ``all_items``
+            (also the items only the item file lists: cold items from the start).
+        parts: a fixed (train, valid, test) in raw ids instead of ``split`` (pre-split files).
     """
-    user_vocab, u = Vocab.fit(df["user"].to_numpy(), name="user")
-    item_vocab, i = Vocab.fit(df["item"].to_numpy(), name="item")
-    enc = pd.DataFrame({"user": u, "item": i})
-    if "time" in df.columns:
-        enc["time"] = df["time"].to_numpy()
-    parts = make_split(enc, split, seed=seed)
+    if catalogue not in ("interactions", "all_items"):
+        raise ConfigError(f"catalogue={catalogue!r}: need 'interactions' or 'all_items'. Fix: 'all_items' to "
+                          "rank the items only the item file lists too.")
+    frames = list(parts) if parts is not None else [interactions]
+    item_ids = np.concatenate([f["item"].to_numpy() for f in frames])
+    if catalogue == "all_items" and items is not None:
+        item_ids = np.concatenate([item_ids, items.index.to_numpy()])
+    user_vocab, _ = Vocab.fit(np.concatenate([f["user"].to_numpy() for f in frames]), name="user")
+    item_vocab, _ = Vocab.fit(item_ids, name="item")
+
+    def encode(f: pd.DataFrame) -> pd.DataFrame:
+        enc = pd.DataFrame({"user": user_vocab.encode(f["user"].to_numpy()),
+                            "item": item_vocab.encode(f["item"].to_numpy())})
+        if "time" in f.columns:
+            enc["time"] = f["time"].to_numpy()
+        return enc
+
+    if parts is not None:
+        split_parts = [encode(f) for f in parts]
+    else:
+        split_parts = list(make_split(encode(interactions), split, seed=seed, valid=valid, test=test))
     shape = (len(user_vocab), len(item_vocab))
-    train, valid, test = (to_csr(p["user"].to_numpy(), p["item"].to_numpy(), shape) for p in parts)
-    uf = itf = titles = None
-    if user_features is not None:
-        rows = user_features.reindex(user_vocab.raw)
-        uf = np.stack(
-            [pd.factorize(rows[c].astype(str), sort=True)[0] for c in rows.columns], axis=1
-        ).astype(np.int64)
-    if item_features is not None:
-        g = item_features.reindex(item_vocab.raw)["genres"].fillna("").str.get_dummies(sep="|")
-        itf = sp.csr_matrix(g.to_numpy(dtype=np.float32))
+    train, valid_m, test_m, *rest = (to_csr(p["user"].to_numpy(), p["item"].to_numpy(), shape) for p in split_parts)
+    data = RecData(name, train, valid_m, test_m, user_vocab, item_vocab, fold_in=rest[0] if rest else None)
+    if users is not None:
+        enc = FeatureEncoder.fit(users.reindex(users.index.intersection(user_vocab.raw)), "user",
+                                 user_columns or FeatureColumns(categorical=list(users.columns)))
+        rows = users.reindex(user_vocab.raw)
+        data.user_encoder, data.user_features, data.user_numeric = enc, enc.codes(rows), enc.numeric(rows)
+    if items is not None:
+        enc = FeatureEncoder.fit(items.reindex(items.index.intersection(item_vocab.raw)), "item",
+                                 item_columns or FeatureColumns(categorical=list(items.columns)))
+        rows = items.reindex(item_vocab.raw)
+        data.item_encoder, data.item_numeric = enc, enc.numeric(rows)
+        data.item_features = enc.bag(rows) if enc.tokens else None
     if item_titles is not None:
-        titles = item_titles.reindex(item_vocab.raw).fillna("").astype(str).to_numpy()
-    return RecData(name, train, valid, test, user_vocab, item_vocab,
-                   user_features=uf, item_features=itf, item_titles=titles)
+        data.item_titles = item_titles.reindex(item_vocab.raw).fillna("").astype(str).to_numpy()
+    return data

@@ -82,11 +82,86 @@ def _need_time(df: pd.DataFrame, name: str) -> None:
         )
 
 
-SPLITS = {"random": split_random, "leave_last_out": split_leave_last_out, "global_time": split_global_time}
+def split_users(
+    df: pd.DataFrame, valid_frac: float = 0.1, test_frac: float = 0.1, seed: int = 0, fold_in: float = 0.8
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Hold out whole users (strong generalisation; Marlin 2004, Liang et al. WWW 2018).
+
+    A seeded ``valid_frac`` / ``test_frac`` share of users is held out of training. Each
+    held-out user's rows are split at random into ``fold_in`` input rows (the history the
+    query is built from at evaluation; never trained on) and the rest (the targets, in valid
+    or test); users with fewer than 2 rows are kept in train. Returns (train, valid, test,
+    inputs).
+    """
+    _check_fracs("users", valid_frac, test_frac)
+    rng = np.random.default_rng(seed)
+    users = np.unique(df["user"].to_numpy())
+    perm = rng.permutation(users)
+    n_va, n_te = int(round(valid_frac * len(users))), int(round(test_frac * len(users)))
+    role = pd.Series(0, index=users)
+    role[perm[:n_va]] = 1
+    role[perm[n_va:n_va + n_te]] = 2
+    r = role.reindex(df["user"].to_numpy()).to_numpy()
+    n = df.groupby("user")["user"].transform("size").to_numpy()
+    r = np.where(n < 2, 0, r)
+    held = df[r > 0].reset_index(drop=True)
+    rh = r[r > 0]
+    order = np.lexsort((rng.random(len(held)), held["user"].to_numpy()))
+    held, rh = held.iloc[order].reset_index(drop=True), rh[order]
+    pos = held.groupby("user", sort=False).cumcount().to_numpy()
+    nh = held.groupby("user", sort=False)["user"].transform("size").to_numpy()
+    n_in = np.clip(np.floor(fold_in * nh).astype(np.int64), 1, nh - 1)
+    is_input = pos < n_in
+    train = df[r == 0].reset_index(drop=True)
+    inputs = held[is_input].reset_index(drop=True)
+    valid = held[~is_input & (rh == 1)].reset_index(drop=True)
+    test = held[~is_input & (rh == 2)].reset_index(drop=True)
+    return train, valid, test, inputs
 
 
-def make_split(df: pd.DataFrame, how: str = "random", seed: int = 0):
-    """Dispatch by name: ``random`` (seeded), ``leave_last_out``, ``global_time``."""
+def split_items(
+    df: pd.DataFrame, valid_frac: float = 0.1, test_frac: float = 0.1, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Hold out whole items (item cold-start; Volkovs et al., NeurIPS 2017, "DropoutNet").
+
+    A seeded ``test_frac`` share of the items is cold: every row of those items is test (and
+    only the rows of users who keep train rows). Validation is a per-user random
+    ``valid_frac`` of the warm rows (model selection on warm items; cold items never reach
+    training or selection). ``evaluate --split cold_items`` ranks the cold items only.
+    """
+    _check_fracs("items", valid_frac, test_frac)
+    rng = np.random.default_rng(seed)
+    items = np.unique(df["item"].to_numpy())
+    cold = rng.permutation(items)[: int(round(test_frac * len(items)))]
+    is_cold = df["item"].isin(cold).to_numpy()
+    warm = df[~is_cold].reset_index(drop=True)
+    train, valid, _ = split_random(warm, (1.0 - valid_frac, valid_frac, 0.0), seed=seed)
+    test = df[is_cold]
+    test = test[test["user"].isin(set(train["user"].unique()))]
+    return train, valid, test.reset_index(drop=True)
+
+
+def _check_fracs(kind: str, valid_frac: float, test_frac: float) -> None:
+    if not (0 <= valid_frac < 1 and 0 <= test_frac < 1 and valid_frac + test_frac < 1):
+        raise ConfigError(f"split kind={kind!r} valid={valid_frac}, test={test_frac}: need two shares in [0, 1) "
+                          "with valid + test < 1. Fix: e.g. valid: 0.1, test: 0.1.")
+
+
+SPLITS = {"random": split_random, "leave_last_out": split_leave_last_out, "global_time": split_global_time,
+          "time": split_global_time, "users": split_users, "items": split_items}
+
+
+def make_split(df: pd.DataFrame, how: str = "random", seed: int = 0, valid: float = 0.1, test: float = 0.1):
+    """Dispatch by name: ``random`` (seeded per-user shares), ``leave_last_out`` (by time),
+    ``time`` / ``global_time`` (one global time cut), ``users`` (whole users held out; returns
+    a 4th frame, their input rows), ``items`` (whole items held out). ``valid`` / ``test``
+    are the shares (of each user's rows, of all rows by time, of users or of items)."""
     if how not in SPLITS:
         raise ConfigError(f"split='{how}' is unknown; valid: {sorted(SPLITS)}. Fix: pick one of them.")
-    return split_random(df, seed=seed) if how == "random" else SPLITS[how](df)
+    if how == "random":
+        return split_random(df, (1.0 - valid - test, valid, test), seed=seed)
+    if how in ("time", "global_time"):
+        return split_global_time(df, valid, test)
+    if how in ("users", "items"):
+        return SPLITS[how](df, valid, test, seed=seed)
+    return split_leave_last_out(df)

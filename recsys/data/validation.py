@@ -29,7 +29,7 @@ def _scalar(v: object) -> object:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _clean_ids(s: pd.Series, source: str, name: str) -> pd.Series:
+def clean_ids(s: pd.Series, source: str, name: str) -> pd.Series:
     numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
     missing = s.isna() if numeric else s.isna() | (s.astype(str).str.strip() == "")
     n, i = first_true(missing)
@@ -120,7 +120,7 @@ def validate_interactions(
                    "the file holds data rows below its header and that nothing upstream "
                    "removed them")
     for name in ID_COLUMNS:
-        out[name] = _clean_ids(out[name], source, name)
+        out[name] = clean_ids(out[name], source, name)
     if "rating" in out:
         need = "the rating column must be numeric and non-missing"
         rating = _to_number(out["rating"], source, "rating", need)

@@ -72,18 +72,23 @@ def evaluate_embeddings(
     index_params: dict | None = None,
 ) -> EvalResult:
     """Top-max(ks) over all N items for each query, seen items excluded, then metrics.
+    For ``split="cold_items"`` the ranking is over the cold items only (``data.candidates``).
 
     xq (Q, D) query embeddings of ``users`` (Q,), xb (N, D) item embeddings. For an
     approximate ``index`` the exact top-k is computed too and ``index_recall`` (recall of
     the approximate top-k against the exact one) is reported beside the metrics.
     """
     xq = np.ascontiguousarray(xq, dtype=np.float32)
-    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    cand = data.candidates(split)  # None: all N items; (M,) ids for cold_items
     exclude = data.seen(split)[users]
+    if cand is not None:  # rank the M candidates only: rows of xb and columns of exclude
+        xb, exclude = xb[cand], exclude[:, cand]
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
     t = time.perf_counter()
     retriever = make_retriever(index, **(index_params or {})).build(xb)
     _, I = retriever.search(xq, max(ks), exclude=exclude)
-    res = topk_metrics(I, users, data, split, ks, seconds=time.perf_counter() - t)
+    I_ids = I if cand is None else np.where(I >= 0, cand[I.clip(0)], -1)
+    res = topk_metrics(I_ids, users, data, split, ks, seconds=time.perf_counter() - t)
     if not retriever.is_exact:
         _, I_exact = make_retriever("exact").build(xb).search(xq, max(ks), exclude=exclude)
         res.metrics["index_recall"] = recall_vs_exact(I, I_exact)
@@ -108,6 +113,8 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), index: str = "exact"
                 "Fix: leave index='exact' (approximate retrieval applies to two-tower models).")
         d = data if isinstance(data, RecData) else data.data
         users = d.eval_users(split)
+        if d.candidates(split) is not None:  # a candidate subset: the embedding path ranks it
+            return evaluate_embeddings(model.query_vectors(users), users, model.xb, d, split, ks)
         t = time.perf_counter()
         I = model.topk(users, max(ks), exclude=d.seen(split)[users])  # (Q, k)
         secs = time.perf_counter() - t

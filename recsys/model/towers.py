@@ -17,6 +17,12 @@ from recsys.errors import ConfigError
 from recsys.schema import Schema
 
 
+def _check_rate(tower: str, rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{tower} unknown_id_rate={rate}: need 0 <= rate < 1 (the share of ids replaced by the "
+                          "unknown row in training). Fix: e.g. unknown_id_rate=0.1, or 0 to turn it off.")
+
+
 def _mlp(d_in: int, hidden: list[int], d_out: int, dropout: float) -> nn.Module:
     layers: list[nn.Module] = []
     for h in hidden:
@@ -39,6 +45,7 @@ class _Tower(nn.Module):
                 "input (id, bag or features). Fix: enable an input or raise dim."
             )
         self.dim, self.normalize, self.init_std = dim, normalize, init_std
+        self.unknown_id_rate = 0.0
         self.item_bias = item_bias
         self.out_dim = dim + int(item_bias)  # the width of the score's inner product
         self.mlp = _mlp(dim * n_parts, list(hidden), dim, dropout) if hidden else None
@@ -56,6 +63,21 @@ class _Tower(nn.Module):
                 if mod.padding_idx is not None:
                     with torch.no_grad():
                         mod.weight[mod.padding_idx].zero_()
+
+    def _id_part(self, table: nn.Embedding, ids: torch.Tensor, new: torch.Tensor | None) -> torch.Tensor:
+        """(C, D) id embeddings; ``new`` (C,) bool marks ids unseen in training: they read the
+        unknown row (the table's last row) when the tower has one, else a zero vector. In
+        training each id is replaced by the unknown row with probability ``unknown_id_rate``
+        (id dropout, so that row learns what an id-less input looks like; Volkovs et al.,
+        NeurIPS 2017, "DropoutNet")."""
+        if self.unknown_id_rate > 0:
+            unk = table.num_embeddings - 1
+            drop = torch.rand(ids.shape, device=ids.device) < self.unknown_id_rate if self.training else None
+            mask = new if drop is None else (drop if new is None else drop | new)
+            return table(ids if mask is None else torch.where(mask, torch.full_like(ids, unk), ids))
+        if new is None:
+            return table(ids)
+        return table(ids.clamp_min(0)) * (~new).unsqueeze(-1)  # (C, D), zero for new ids
 
     def combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
         if self.part_scale is not None:
@@ -78,7 +100,8 @@ class QueryTower(_Tower):
         use_id: embed the user id (off for documents unseen in training, e.g. Bibtex).
         use_bag: mean-pool the embeddings of the query bag (train history or words);
             padding is masked out of the mean.
-        use_features: embed categorical user features (one table per field, summed).
+        use_features: embed categorical user features (one table per field, summed) and the
+            numeric ones (a linear map to D).
         hidden: MLP widths (empty: parts summed, no MLP).
         dropout: MLP dropout.
         part_norm: L2-normalise each input part (id, bag, features) and multiply it by a
@@ -108,23 +131,38 @@ class QueryTower(_Tower):
         init_std: std of the normal init of the id tables.
         item_bias: append a constant 1 to the output (D + 1), the coordinate that multiplies
             the item tower's learned bias (``ItemTower(item_bias=True)``); set it on both.
+        unknown_id_rate: > 0 adds an unknown-user row to the id table, used for users with
+            no train interaction (held-out users, ``recommend --history``) and, in training,
+            in place of a user's own id with this probability (id dropout). 0: such users get
+            a zero id part (their history and features describe them).
+
+    A user unseen in training has ``user`` = -1 (or no train row): the id part is the unknown
+    row / zero; categorical and numeric features missing from the batch contribute zero.
     """
 
     def __init__(self, schema: Schema, dim: int = 64, use_id: bool = True, use_bag: bool = True,
                  use_features: bool = True, hidden: list[int] | None = None, dropout: float = 0.0,
                  residual: bool = False, part_norm: bool = False, bag_dropout: float = 0.0,
                  bag_weights: bool = False, normalize: bool = False, sparse: bool = True,
-                 init_std: float = 0.05, item_bias: bool = False):
+                 init_std: float = 0.05, item_bias: bool = False, unknown_id_rate: float = 0.0):
+        use_numeric = use_features and schema.user_numeric_dim > 0
         use_features = use_features and bool(schema.user_feature_cards)
+        _check_rate("QueryTower", unknown_id_rate)
         if not 0.0 <= bag_dropout < 1.0:
             raise ConfigError(
                 f"QueryTower bag_dropout={bag_dropout}: need 0 <= bag_dropout < 1 (the share of bag "
                 "ids dropped in training). Fix: e.g. bag_dropout=0.5, or 0 to turn it off."
             )
-        super().__init__(dim, use_id + use_bag + use_features, hidden, dropout, normalize, init_std,
+        super().__init__(dim, use_id + use_bag + use_features + use_numeric, hidden, dropout, normalize, init_std,
                          item_bias, residual, part_norm)
-        self.bag_dropout = bag_dropout
-        self.user_emb = nn.Embedding(schema.n_users, dim, sparse=sparse) if use_id else None
+        self.bag_dropout, self.unknown_id_rate = bag_dropout, unknown_id_rate
+        self.feature_names = list(schema.user_feature_names)
+        self.user_emb = (nn.Embedding(schema.n_users + (unknown_id_rate > 0), dim, sparse=sparse)
+                         if use_id else None)
+        self.n_users = schema.n_users
+        self.num_proj = nn.Linear(schema.user_numeric_dim, dim, bias=False) if use_numeric else None
+        cold = None if schema.user_counts is None else torch.as_tensor(schema.user_counts) == 0
+        self.register_buffer("cold_user", cold if cold is not None and bool(cold.any()) else None, persistent=False)
         self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="sum" if bag_weights else "mean",
                                         sparse=sparse, padding_idx=schema.bag_size) if use_bag else None)
         self.bag_logw = (nn.Embedding(schema.bag_size + 1, 1, sparse=sparse, padding_idx=schema.bag_size)
@@ -139,10 +177,15 @@ class QueryTower(_Tower):
             nn.init.zeros_(self.bag_logw.weight)  # every weight exp(0) = 1: the plain mean
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """``batch``: user (B,), bag (B, H) padded with bag_size, user_feats (B, K)."""
+        """``batch``: user (B,) (-1: unseen), bag (B, H) padded with bag_size, user_feats (B, K),
+        user_num (B, P')."""
         parts = []
         if self.user_emb is not None:
-            parts.append(self.user_emb(batch["user"]))  # (B, D)
+            user = batch["user"]  # (B,)
+            new = user < 0
+            if self.cold_user is not None:
+                new = new | self.cold_user[user.clamp_min(0)]
+            parts.append(self._id_part(self.user_emb, user, new if bool(new.any()) else None))  # (B, D)
         if self.bag_emb is not None:
             if "bag" not in batch:
                 raise ConfigError(
@@ -160,8 +203,15 @@ class QueryTower(_Tower):
                 w = self.bag_logw(bag).squeeze(-1).exp() * (bag != self.bag_emb.padding_idx)  # (B, H)
                 pooled = self.bag_emb(bag, per_sample_weights=w)  # (B, D), sum_h w_h e_h
                 parts.append(pooled / w.sum(1, keepdim=True).clamp_min(1e-12))  # weighted mean
+        B = len(parts[0]) if parts else len(next(iter(batch.values())))
         if self.feat_emb is not None:
-            parts.append(self.feat_emb(batch["user_feats"] + self.feat_offsets).sum(1))  # (B, D)
+            if "user_feats" in batch:
+                parts.append(self.feat_emb(batch["user_feats"] + self.feat_offsets).sum(1))  # (B, D)
+            else:  # a new user without features
+                parts.append(self.feat_emb.weight.new_zeros(B, self.dim))
+        if self.num_proj is not None:
+            parts.append(self.num_proj(batch["user_num"]) if "user_num" in batch
+                         else self.num_proj.weight.new_zeros(B, self.dim))  # (B, D)
         x = self.combine(parts)  # (B, D)
         if self.item_bias:
             x = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)  # (B, D + 1): q . v + b_j
@@ -169,12 +219,21 @@ class QueryTower(_Tower):
 
 
 class ItemTower(_Tower):
-    """Item ids -> (C, D): id embedding plus optional mean-pooled side features (genres).
+    """Item ids -> (C, D): id embedding plus optional side features: the mean-pooled bag of
+    categorical / multi-valued tokens (genres, brand=..., tags=...) and a linear map of the
+    numeric ones.
 
     Args:
-        schema: data sizes and the (N, Gmax) item feature index.
+        schema: data sizes, the (N, Gmax) item feature index and the (N, P) numeric block.
         dim, hidden, dropout, part_norm, normalize, sparse, init_std: as for ``QueryTower``.
-        use_features: embed the item's categorical features (if the data has them).
+        use_id: embed the item id; False gives a feature-only tower (every item, known or
+            new, is its features).
+        use_features: embed the item's features (if the data has them).
+        unknown_id_rate: > 0 adds an unknown-item row to the id table, used for items with no
+            train interaction (cold items) and for new items (``embed_new``), and in training
+            in place of an item's own id with this probability (id dropout; DropoutNet,
+            Volkovs et al., NeurIPS 2017). 0: such items get a zero id part, their features
+            alone describe them.
         item_bias: append a learned per-item bias b_j (zero-initialised) to the output
             (D + 1), so that the score is q . v_j + b_j, still one inner product (FAISS and
             the exact retriever need no change) with ``QueryTower(item_bias=True)``. With
@@ -185,33 +244,87 @@ class ItemTower(_Tower):
     def __init__(self, schema: Schema, dim: int = 64, use_features: bool = True,
                  hidden: list[int] | None = None, dropout: float = 0.0, part_norm: bool = False,
                  normalize: bool = False, sparse: bool = True, init_std: float = 0.05,
-                 item_bias: bool = False):
+                 item_bias: bool = False, use_id: bool = True, unknown_id_rate: float = 0.0):
+        use_numeric = use_features and schema.item_numeric is not None
         use_features = use_features and schema.item_feature_index is not None
-        super().__init__(dim, 1 + use_features, hidden, dropout, normalize, init_std, item_bias,
+        _check_rate("ItemTower", unknown_id_rate)
+        super().__init__(dim, use_id + use_features + use_numeric, hidden, dropout, normalize, init_std, item_bias,
                          part_norm=part_norm)
-        self.n_items = schema.n_items
-        self.item_emb = nn.Embedding(schema.n_items, dim, sparse=sparse)
+        self.n_items, self.unknown_id_rate = schema.n_items, unknown_id_rate
+        self.feature_names = list(schema.item_feature_names)
+        self.item_emb = nn.Embedding(schema.n_items + (unknown_id_rate > 0), dim, sparse=sparse) if use_id else None
         self.feat_emb = None
         if use_features:
             G = schema.n_item_feature_values
             self.register_buffer("feat_index", torch.as_tensor(schema.item_feature_index))
             self.feat_emb = nn.EmbeddingBag(G + 1, dim, mode="mean", sparse=sparse, padding_idx=G)
+        self.num_proj = None
+        if use_numeric:
+            self.register_buffer("item_numeric", torch.as_tensor(schema.item_numeric, dtype=torch.float32),
+                                 persistent=False)
+            self.num_proj = nn.Linear(schema.item_numeric.shape[1], dim, bias=False)
+        cold = None if schema.item_counts is None else torch.as_tensor(schema.item_counts) == 0
+        self.register_buffer("cold_item", cold if cold is not None and bool(cold.any()) else None, persistent=False)
         self.bias_emb = nn.Embedding(schema.n_items, 1, sparse=sparse) if item_bias else None
         self._init(self)
         if self.bias_emb is not None:
             nn.init.zeros_(self.bias_emb.weight)
 
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _encode(self, ids: torch.Tensor | None, new: torch.Tensor | None, feat_rows: torch.Tensor | None,
+                numeric: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        """(C, out_dim) from the parts: ids (C,) with ``new`` (C,) bool, token rows (C, Gmax)
+        padded with G, numeric (C, P), bias (C, 1)."""
+        parts = []
+        if self.item_emb is not None:
+            parts.append(self._id_part(self.item_emb, ids, new))  # (C, D)
+        if self.feat_emb is not None:
+            parts.append(self.feat_emb(feat_rows))  # (C, D)
+        if self.num_proj is not None:
+            parts.append(self.num_proj(numeric))  # (C, D)
+        x = self.combine(parts)  # (C, D)
+        if self.bias_emb is not None:
+            x = torch.cat([x, bias], dim=-1)  # (C, D + 1)
+        return x
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (...,) int64 -> (..., D)."""
         shape = ids.shape
         ids = ids.reshape(-1)
-        parts = [self.item_emb(ids)]  # (C, D)
-        if self.feat_emb is not None:
-            parts.append(self.feat_emb(self.feat_index[ids]))  # (C, D)
-        x = self.combine(parts)  # (C, D)
-        if self.bias_emb is not None:
-            x = torch.cat([x, self.bias_emb(ids)], dim=-1)  # (C, D + 1)
+        new = None
+        if self.cold_item is not None and self.item_emb is not None:
+            new = self.cold_item[ids]
+            new = new if bool(new.any()) else None
+        x = self._encode(ids, new,
+                         self.feat_index[ids] if self.feat_emb is not None else None,
+                         self.item_numeric[ids] if self.num_proj is not None else None,
+                         self.bias_emb(ids) if self.bias_emb is not None else None)
         return x.reshape(*shape, self.out_dim)
+
+    @torch.no_grad()
+    def embed_new(self, feat_rows: torch.Tensor | None, numeric: torch.Tensor | None) -> torch.Tensor:
+        """(M, out_dim) embeddings of M items that are not in the catalogue, from their features
+        alone: token rows (M, Gmax) padded with G, numeric (M, P) (as ``FeatureEncoder``
+        encodes them); the id part is the unknown row (or zero), the bias zero. Eval mode."""
+        was = self.training
+        self.eval()
+        try:
+            M = len(feat_rows if feat_rows is not None else numeric)
+            dev = self._device()
+            ids = torch.zeros(M, dtype=torch.long, device=dev)
+            new = torch.ones(M, dtype=torch.bool, device=dev)
+            G = self.feat_emb.padding_idx if self.feat_emb is not None else 0
+            if self.feat_emb is not None and feat_rows is None:
+                feat_rows = torch.full((M, 1), G, dtype=torch.long, device=dev)
+            if self.num_proj is not None and numeric is None:
+                numeric = torch.zeros(M, self.num_proj.in_features, device=dev)
+            bias = torch.zeros(M, 1, device=dev) if self.bias_emb is not None else None
+            return self._encode(ids, new, None if self.feat_emb is None else feat_rows.to(dev),
+                                None if self.num_proj is None else numeric.to(dev), bias)
+        finally:
+            self.train(was)
 
     def forward_all(self) -> torch.Tensor:
         """(N, D) embeddings of the whole catalogue, with gradients (full-catalogue heads).
@@ -219,7 +332,7 @@ class ItemTower(_Tower):
         Goes through the embedding lookup so sparse tables get (sparse) gradients. ``embed_all``
         is its no-gradient, chunked, eval-mode counterpart for retrieval.
         """
-        return self(torch.arange(self.n_items, device=self.item_emb.weight.device))
+        return self(torch.arange(self.n_items, device=self._device()))
 
     @torch.no_grad()
     def embed_all(self, chunk: int = 65536) -> torch.Tensor:
@@ -228,7 +341,7 @@ class ItemTower(_Tower):
         Runs in eval mode (no MLP dropout), so an index built during training from these
         embeddings is deterministic; the training mode is restored afterwards.
         """
-        dev, was_training = self.item_emb.weight.device, self.training
+        dev, was_training = self._device(), self.training
         self.eval()
         try:
             out = [self(torch.arange(s, min(s + chunk, self.n_items), device=dev))  # (c, D)
