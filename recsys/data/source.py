@@ -172,6 +172,7 @@ def load_source(src: DataSource | dict, seed: int = 0) -> RecData:
                           "for pre-split files.")
     if src.split.kind not in SPLITS:
         raise ConfigError(f"split kind={src.split.kind!r} is unknown; valid: {sorted(SPLITS)}. Fix: pick one of them.")
+    _threshold(src), _k_core(src.k_core)  # config errors before any file is read
     items = users = titles = None
     icols = ucols = None
     if src.item_features is not None:
