@@ -421,3 +421,16 @@ def test_readme_yaml_block_is_a_valid_source():
     src = DataSource(**spec)
     assert src.split.kind in ("random", "leave_last_out", "time", "users", "items")
     assert isinstance(src.item_columns, FeatureColumns)
+
+
+def test_compare_runs_on_a_source_base_config(fitted, tmp_path):
+    folder, _ = fitted
+    base = yaml.safe_load((REPO / "configs" / "synthetic" / "base.yaml").read_text())
+    base["data"] = {"source": _abs(folder, SOURCE), "batch_size": 256, "max_history": 20}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    out = tmp_path / "cmp"
+    main(["compare", "--config", str(tmp_path / "base.yaml"), "--head-configs", str(REPO / "configs" / "synthetic"),
+          "--heads", "inbatch", "--seeds", "1", "--baselines", "pop", "--max-epochs", "1", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    assert res["dataset"]["dataset"] == "events.csv" and res["dataset_loads"] == 1
+    assert {r["model"] for r in res["runs"]} >= {"inbatch", "pop"}
