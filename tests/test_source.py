@@ -90,7 +90,8 @@ def test_feature_encoder_keeps_the_training_vocabulary_for_new_rows():
 
 def test_feature_file_errors_name_the_column_and_list_the_present_ones(tmp_path):
     df = pd.DataFrame({"sku": ["a", "b", "b"], "brand": ["x", "y", "z"]})
-    with pytest.raises(DataError, match=r"feature column\(s\) \['colour'\] not found; columns present: \['sku', 'brand'\]"):
+    present = r"columns present: \['sku', 'brand'\]"
+    with pytest.raises(DataError, match=r"feature column\(s\) \['colour'\] not found; " + present):
         feature_frame(df.iloc[:2], "item", FeatureColumns(item="sku", categorical=["colour"]), "items.csv")
     with pytest.raises(DataError, match="1 duplicate item ids .*row 2"):
         feature_frame(df, "item", FeatureColumns(item="sku", categorical=["brand"]), "items.csv")
@@ -102,7 +103,8 @@ def test_feature_file_errors_name_the_column_and_list_the_present_ones(tmp_path)
 def test_a_columns_entry_that_does_not_exist_lists_the_columns_that_do(tmp_path):
     write_files(tmp_path)
     spec = _abs(tmp_path, {**SOURCE, "columns": {"user": "customer", "item": "sku"}})
-    with pytest.raises(DataError, match=r"user -> 'customer'.*columns present: \['customer_id', 'sku', 'quantity', 'ts'\]"):
+    present = r"columns present: \['customer_id', 'sku', 'quantity', 'ts'\]"
+    with pytest.raises(DataError, match=r"user -> 'customer'.*" + present):
         load_source(spec)
 
 
@@ -434,3 +436,27 @@ def test_compare_runs_on_a_source_base_config(fitted, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"]["dataset"] == "events.csv" and res["dataset_loads"] == 1
     assert {r["model"] for r in res["runs"]} >= {"inbatch", "pop"}
+
+
+class _Boom:
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+def test_an_export_query_tower_holding_a_pickle_is_refused_unread(fitted, tmp_path):
+    import hashlib
+
+    import torch
+
+    from recsys.artifacts.export import load_query_tower
+
+    _, ckpt = fitted
+    exp = tmp_path / "exp"
+    main(["export", "--ckpt", str(ckpt), "--out", str(exp)])
+    assert load_query_tower(exp).bag_emb is not None  # a clean export loads (weights_only=True)
+    torch.save({"state_dict": {}, "config": "", "schema": {}, "x": _Boom()}, exp / "query_tower.pt")
+    man = json.loads((exp / "manifest.json").read_text())  # the attacker fixes the checksum too
+    man["files"]["query_tower.pt"]["sha256"] = hashlib.sha256((exp / "query_tower.pt").read_bytes()).hexdigest()
+    (exp / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(DataError, match="refused unread"):
+        load_query_tower(exp)

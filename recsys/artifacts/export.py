@@ -182,7 +182,9 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
         name = "flat" if index == "exact" else index
         retriever = make_retriever(name, **(index_params or {})).build(xb)
         faiss.write_index(retriever.index, str(tmp / "faiss.index"))
-        schema = {f.name: getattr(model.schema, f.name) for f in dataclasses.fields(Schema)}
+        # plain tensors, str and numbers only: load_query_tower reads it with weights_only=True
+        schema = {f.name: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+                  for f in dataclasses.fields(Schema) for v in [getattr(model.schema, f.name)]}
         torch.save({"state_dict": model.query_tower.state_dict(), "config": meta.config, "schema": schema},
                    tmp / "query_tower.pt")
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
@@ -252,9 +254,16 @@ def load_query_tower(folder):
     from recsys.artifacts.config import build_query_tower, upgrade_class_paths
 
     load_export(folder)  # checksums
-    blob = torch.load(Path(folder) / "query_tower.pt", map_location="cpu", weights_only=False)
+    path = Path(folder) / "query_tower.pt"
+    try:  # tensors and plain containers only: an export never runs code when it is read
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for anything but tensors / containers
+        raise DataError(f"{str(path)!r} holds more than tensors and plain values ({type(e).__name__}); it is refused "
+                        "unread, since loading arbitrary pickles can run code. Fix: re-export the checkpoint with "
+                        "this recsys version (`recsys export --force`).") from e
     model_cfg = yaml.safe_load(upgrade_class_paths(blob["config"]))["model"]
+    schema = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in blob["schema"].items()}
     tower = build_query_tower({"query_tower": model_cfg["query_tower"]} if model_cfg.get("query_tower") else {},
-                              Schema(**blob["schema"]))
+                              Schema(**schema))
     tower.load_state_dict(blob["state_dict"])
     return tower.eval()
