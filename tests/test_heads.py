@@ -277,6 +277,26 @@ def test_known_positives_lookup():
     assert got.tolist() == [[True, False, True, False], [False, False, False, True]]
     empty = KnownPositives(sp.csr_matrix((5, N), dtype=np.float32))
     assert not empty.contains(torch.tensor([0]), torch.tensor([0, 1])).any()
+    assert not empty.contains(torch.tensor([0]), torch.tensor([[0, 1]])).any()
+
+
+@pytest.mark.parametrize("bitmap_limit", [0, 1 << 26])  # per-row: the sorted-key search, then the bitmap
+def test_known_positives_every_path_equals_a_dense_oracle(bitmap_limit):
+    rng = np.random.default_rng(0)
+    U, M = 40, 30
+    dense = rng.random((U, M)) < 0.2
+    dense[3] = False  # a user without train items
+    kp = KnownPositives(sp.csr_matrix(dense.astype(np.float32)))
+    kp.bitmap_limit = bitmap_limit
+    users = torch.from_numpy(rng.integers(0, U, 64))
+    users[:2] = 3
+    shared = torch.from_numpy(rng.integers(0, M, 50))  # with repeated candidates
+    per_row = torch.from_numpy(rng.integers(0, M, (64, 7)))
+    want_shared = dense[users.numpy()][:, shared.numpy()]
+    want_rows = np.take_along_axis(dense[users.numpy()], per_row.numpy(), axis=1)
+    assert kp.contains(users, shared).numpy().tolist() == want_shared.tolist()
+    assert kp.contains(users, per_row).numpy().tolist() == want_rows.tolist()
+    assert (kp._col == -1).all()  # the scratch column table is left clean
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from torch import nn
 
 from recsys.errors import ConfigError
 from recsys.model.corrections import corrected_logits
-from recsys.retrieval.keys import flat_keys
 
 
 class Temperature(nn.Module):
@@ -45,25 +44,61 @@ class Temperature(nn.Module):
 
 
 class KnownPositives:
-    """Membership test "is item j a train positive of user u" on sorted int64 keys u*N+j
-    (``recsys.retrieval.keys.flat_keys``), looked up with ``torch.searchsorted`` on the
-    batch's device."""
+    """Membership test "is item j a train positive of user u" for the (B, C) candidates of a
+    batch. Only the batch users' own train pairs are read (P of them, the sum of their
+    history lengths), never the whole train set:
+
+    - C shared candidates (in-batch, shared samples): each pair's item is looked up in a
+      catalogue-sized column table of the batch's distinct candidates, O(P + B C);
+    - per-row candidates (B, C): a (B, N) bitmap of the pairs when it fits in
+      ``bitmap_limit`` entries, O(P + B C), else a search in the P sorted pair keys
+      ``row * N + item``, O(B C log P).
+    """
+
+    bitmap_limit = 1 << 26  # B * N entries (64 MiB of bool)
 
     def __init__(self, train: sp.csr_matrix):
         self.csr = train.tocsr()
+        self.csr.sort_indices()
         self.N = train.shape[1]
-        self.keys = torch.from_numpy(flat_keys(self.csr))  # (nnz,) sorted
+        self._indptr = self.csr.indptr.astype(np.int64)  # (U + 1,)
+        self._indices = self.csr.indices.astype(np.int64)  # (nnz,) ascending within a row
+        self._col = np.full(self.N, -1, dtype=np.int64)  # scratch: item -> distinct-candidate column, else -1
+
+    def _pairs(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in the batch, item) of every train pair of ``users`` (P,), (P,): rows
+        ascending, items ascending within a row (the CSR order)."""
+        start = self._indptr[users]
+        n = self._indptr[users + 1] - start  # (B,)
+        rows = np.repeat(np.arange(len(users)), n)
+        offs = np.arange(int(n.sum())) + np.repeat(start - (np.cumsum(n) - n), n)
+        return rows, self._indices[offs]
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """users (B,), items (C,) or (B, C) -> bool (B, C)."""
-        if items.dim() == 1:
-            items = items[None, :].expand(len(users), -1)
-        keys = self.keys.to(users.device)
-        q = users[:, None] * self.N + items  # (B, C)
-        if len(keys) == 0:  # no train positives at all
-            return torch.zeros_like(q, dtype=torch.bool)
-        pos = torch.searchsorted(keys, q).clamp_(max=len(keys) - 1)
-        return keys[pos] == q
+        """users (B,), items (C,) shared or (B, C) per row -> bool (B, C) on ``users``' device."""
+        u = users.cpu().numpy()
+        it = items.cpu().numpy()
+        rows, pos = self._pairs(u)  # (P,), (P,)
+        B = len(u)
+        if it.ndim == 1:
+            uniq, inv = np.unique(it, return_inverse=True)  # (C',), (C,)
+            self._col[uniq] = np.arange(len(uniq))
+            col = self._col[pos]  # (P,) the pair's distinct-candidate column, or -1
+            self._col[uniq] = -1
+            hit = col >= 0
+            m = np.zeros((B, len(uniq)), dtype=bool)
+            m[rows[hit], col[hit]] = True
+            out = m[:, inv]  # (B, C)
+        elif B * self.N <= self.bitmap_limit:
+            m = np.zeros((B, self.N), dtype=bool)
+            m[rows, pos] = True
+            out = np.take_along_axis(m, it, axis=1)  # (B, C)
+        else:
+            keys = rows * self.N + pos  # (P,) ascending
+            q = np.arange(B)[:, None] * self.N + it  # (B, C)
+            at = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
+            out = keys[at] == q if len(keys) else np.zeros(q.shape, dtype=bool)
+        return torch.from_numpy(np.ascontiguousarray(out)).to(users.device)
 
     def rows(self, users: np.ndarray) -> sp.csr_matrix:
         """(B, N) CSR of the users' train items (for index search exclusion)."""
@@ -72,10 +107,8 @@ class KnownPositives:
     def pairs(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(row in the batch, item) int64 pairs (P,), (P,) of the users' train items, on
         ``users``' device, rows ascending (multi-hot labels, softmax masks)."""
-        m = self.rows(users.cpu().numpy())  # (B, N) CSR
-        rows = torch.from_numpy(np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)))
-        cols = torch.from_numpy(m.indices.astype(np.int64))
-        return rows.to(users.device), cols.to(users.device)
+        rows, cols = self._pairs(users.cpu().numpy())
+        return torch.from_numpy(rows).to(users.device), torch.from_numpy(cols).to(users.device)
 
 
 # The diagnostics every head logs (as train/<key>), spelled once.
