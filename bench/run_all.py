@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench import common as C
 
-BENCHMARKS = ("train_throughput", "eval_speed", "hard_negative_overhead", "memory")
+BENCHMARKS = ("train_throughput", "eval_speed", "hard_negative_overhead", "memory", "data_pipeline")
 
 
 def summary(out_dir: Path, quick: bool, walls: dict) -> str:

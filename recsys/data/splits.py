@@ -28,10 +28,15 @@ def split_random(
             "Fix: e.g. ratios=(0.8, 0.1, 0.1)."
         )
     rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(df)), df["user"].to_numpy()))
-    d = df.iloc[order].reset_index(drop=True)
-    n = d.groupby("user", sort=False)["user"].transform("size").to_numpy()
-    pos = d.groupby("user", sort=False).cumcount().to_numpy()
+    users = df["user"].to_numpy()
+    order = _lexsort_by_user(rng.random(len(df)), users)
+    if users.dtype.kind in "iu":  # the rows of a user are one run of the sorted order
+        n, pos = _run_sizes(users[order])
+        d = None
+    else:
+        d = df.iloc[order].reset_index(drop=True)
+        n = d.groupby("user", sort=False)["user"].transform("size").to_numpy()
+        pos = d.groupby("user", sort=False).cumcount().to_numpy()
     n_valid = np.floor(ratios[1] * n).astype(np.int64)
     n_test = np.floor(ratios[2] * n).astype(np.int64)
     # RecBole: a fractional count in (0, 1) becomes 1 while train keeps > 1 row.
@@ -39,7 +44,41 @@ def split_random(
     n_valid = np.where((n_valid == 0) & (ratios[1] * n > 0) & (n - n_test - 1 > 1), 1, n_valid)
     n_train = n - n_valid - n_test
     part = np.where(pos < n_train, 0, np.where(pos < n_train + n_valid, 1, 2))
+    if d is None:
+        return tuple(df.iloc[order[part == p]].reset_index(drop=True) for p in range(3))  # type: ignore[return-value]
     return tuple(d[part == p].reset_index(drop=True) for p in range(3))  # type: ignore[return-value]
+
+
+def _lexsort_by_user(rand: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """``np.lexsort((rand, users))``: rows by user, then by ``rand``, ties by position.
+
+    For integer users (a 10M-row log: ~2 s against ~4 s) the same permutation from two
+    plain sorts: the stable rank of ``rand`` (any sort is stable when ``rand`` has no ties),
+    then the unique keys ``user * n + rank``, for which any sort is the stable one.
+    """
+    n = len(users)
+    if users.dtype.kind not in "iu" or n == 0:
+        return np.lexsort((rand, users))
+    lo = users.min()
+    if (int(users.max()) - int(lo) + 1) * n >= 2**63:
+        return np.lexsort((rand, users))
+    by_rand = np.argsort(rand)
+    s = rand[by_rand]
+    if (s[1:] == s[:-1]).any():
+        by_rand = np.argsort(rand, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_rand] = np.arange(n, dtype=np.int64)
+    offset = (users - lo) if users.dtype.itemsize == 8 else users.astype(np.int64) - int(lo)  # in [0, max - min]
+    return np.argsort(offset.astype(np.int64, copy=False) * n + rank)
+
+
+def _run_sizes(sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(size of its run, position in its run) of every element of an array whose equal
+    values are contiguous: ``groupby(sort=False)`` ``transform("size")`` and ``cumcount()``."""
+    n = len(sorted_ids)
+    start = np.flatnonzero(np.concatenate([[True], sorted_ids[1:] != sorted_ids[:-1]]))
+    size = np.diff(np.append(start, n))
+    return np.repeat(size, size), np.arange(n, dtype=np.int64) - np.repeat(start, size)
 
 
 def split_leave_last_out(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
