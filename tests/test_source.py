@@ -460,3 +460,22 @@ def test_an_export_query_tower_holding_a_pickle_is_refused_unread(fitted, tmp_pa
     (exp / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(DataError, match="refused unread"):
         load_query_tower(exp)
+
+
+def test_a_checkpoint_naming_a_foreign_class_or_holding_a_pickle_is_refused(fitted, tmp_path, capsys):
+    import torch
+
+    from recsys.artifacts.checkpoint import load_checkpoint, read_checkpoint
+
+    _, ckpt = fitted
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # our checkpoints are plain tensors + values
+    for foreign in ("os.system", "recsys.data.io.os.system", "torch.optim.Adam.__init__"):
+        bad = dict(raw, recsys=dict(raw["recsys"], config=raw["recsys"]["config"].replace(
+            "class_path: recsys.QueryTower", f"class_path: {foreign}")))
+        torch.save(bad, tmp_path / "foreign.ckpt")
+        with pytest.raises(ConfigError, match=f"class_path '{foreign}' is not allowed"):
+            load_checkpoint(tmp_path / "foreign.ckpt")
+    torch.save(dict(raw, extra=_Boom()), tmp_path / "pickle.ckpt")
+    with pytest.raises(DataError, match="refused unread"):
+        read_checkpoint(tmp_path / "pickle.ckpt")
+    assert "this would run code" not in capsys.readouterr().out

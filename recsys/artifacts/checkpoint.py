@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +69,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, CheckpointMeta]:
             f"checkpoint {str(path)!r} does not exist. Fix: pass a .ckpt written by `recsys fit`, "
             "e.g. runs/recsys/version_0/checkpoints/last.ckpt."
         )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain containers only: reading a checkpoint never runs code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DataError(
+            f"checkpoint {str(path)!r} holds objects other than tensors and plain values ({str(e).splitlines()[0]}); "
+            "it is refused unread, since loading arbitrary pickles can run code. Fix: pass a .ckpt written by "
+            "`recsys fit` (this version), or load it yourself if you trust its origin."
+        ) from e
     except Exception as e:  # corrupt / not a torch file
         raise DataError(
             f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e}): it must be a "

@@ -13,6 +13,8 @@ Configs written before the re-layer name classes by their old module paths
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import re
 import warnings
@@ -20,10 +22,16 @@ import warnings
 from jsonargparse import ArgumentParser
 
 from recsys.data.datamodule import InteractionDataModule
+from recsys.errors import ConfigError
 from recsys.model.module import TwoTowerModule
 from recsys.schema import Schema
 
-__all__ = ["LEGACY_MODULES", "upgrade_class_paths", "build_model_and_data", "build_query_tower"]
+__all__ = ["LEGACY_MODULES", "ALLOWED_CLASS_PATHS", "check_class_paths", "upgrade_class_paths", "build_model_and_data",
+           "build_query_tower"]
+
+# the only classes a stored config (checkpoint, export) may name: a config read back from a file
+# another person wrote must not instantiate arbitrary code (e.g. class_path: os.system)
+ALLOWED_CLASS_PATHS = ("recsys.", "torch.optim.", "lightning.pytorch.loggers.", "lightning.pytorch.callbacks.")
 
 # module paths of the classes a config may name, before -> after the re-layer
 LEGACY_MODULES = {
@@ -43,6 +51,43 @@ def upgrade_class_paths(config_text: str) -> str:
     return config_text
 
 
+def check_class_paths(config, source: str = "stored config") -> None:
+    """Raise ``ConfigError`` naming the first ``class_path`` of ``config`` (a dict / list tree)
+    outside ``ALLOWED_CLASS_PATHS``; nothing is imported or instantiated before the check."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            cp = node.get("class_path")
+            if cp is not None and not _allowed(cp):
+                raise ConfigError(f"{source}: class_path {cp!r} is not allowed; a stored config may name only "
+                                  f"classes under {list(ALLOWED_CLASS_PATHS)}. Fix: it was not written by `recsys "
+                                  "fit` (or was altered): retrain, or load only files you trust.")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _allowed(cp) -> bool:
+    """``cp`` names a class (not a function, not a module attribute reached through an import
+    such as ``recsys.data.io.os.system``) defined under an allowed prefix."""
+    if not isinstance(cp, str) or not cp.startswith(ALLOWED_CLASS_PATHS) or not re.fullmatch(r"[A-Za-z_][\w.]*", cp):
+        return False
+    parts = cp.split(".")
+    for i in range(len(parts) - 1, 0, -1):  # the longest importable module prefix (only allowed packages)
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for a in parts[i:]:
+                obj = getattr(obj, a)
+        except AttributeError:
+            return False
+        return inspect.isclass(obj) and str(obj.__module__).startswith(ALLOWED_CLASS_PATHS)
+    return False
+
+
 def _parser(with_data: bool) -> ArgumentParser:
     p = ArgumentParser(exit_on_error=False)
     p.add_class_arguments(TwoTowerModule, "model", fail_untyped=False, sub_configs=True, instantiate=with_data)
@@ -55,6 +100,7 @@ def _parser(with_data: bool) -> ArgumentParser:
 def build_model_and_data(config: dict) -> tuple[TwoTowerModule, InteractionDataModule]:
     """``(model, datamodule)`` of a fit config dict (its ``model`` and ``data`` blocks): data
     loaded, ``data.schema`` linked into the model, model weights freshly initialised."""
+    check_class_paths(config)
     p = _parser(with_data=True)
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
@@ -71,6 +117,7 @@ def build_model_and_data(config: dict) -> tuple[TwoTowerModule, InteractionDataM
 
 def build_query_tower(model_config: dict, schema: Schema):
     """The query tower of a fit config's ``model`` block, built for ``schema`` (fresh weights)."""
+    check_class_paths(model_config)
     p = _parser(with_data=False)
     init = p.instantiate_classes(p.parse_object({"model": model_config or {}}))
     return init.model.query_tower(schema)

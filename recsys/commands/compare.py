@@ -160,7 +160,7 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict
         ck = cli.trainer.checkpoint_callback
         best, best_epoch = (ck.best_model_path if ck else ""), None
         if best:
-            state = torch.load(best, map_location="cpu", weights_only=False)
+            state = torch.load(best, map_location="cpu", weights_only=True)
             cli.model.load_state_dict(state["state_dict"])
             best_epoch = int(state.get("epoch", -1))
         cli.model.cpu()

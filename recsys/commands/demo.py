@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     if best:
         import torch
 
-        cli.model.load_state_dict(torch.load(best, weights_only=False)["state_dict"])
+        cli.model.load_state_dict(torch.load(best, weights_only=True)["state_dict"])
     ks = (10, 20)
     res = evaluate(cli.model, cli.datamodule, "test", ks)
     data = cli.datamodule.data
