@@ -479,3 +479,16 @@ def test_a_checkpoint_naming_a_foreign_class_or_holding_a_pickle_is_refused(fitt
     with pytest.raises(DataError, match="refused unread"):
         read_checkpoint(tmp_path / "pickle.ckpt")
     assert "this would run code" not in capsys.readouterr().out
+
+
+def test_top_level_help_and_unknown_commands_need_no_training_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys; from recsys.commands.console import main; main(['--help']); "
+            "assert 'lightning' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "fit | validate | test | predict" in out.stdout and "recommend" in out.stdout
+    with pytest.raises(ConfigError, match="command 'nonsense' is unknown"):
+        main(["nonsense"])

@@ -95,12 +95,24 @@ class Recommender:
 
     @classmethod
     def from_export(cls, folder) -> Recommender:
-        from recsys.artifacts.export import load_query_tower
-
         e = load_export(folder)
-        tower = load_query_tower(folder) if (e.folder / "query_tower.pt").is_file() else None
         n_trained = int(e.manifest.get("n_trained_items", e.item_embeddings.shape[0]))  # before export --items
-        hist = None if tower is None else history_embedder(tower, n_trained, int(e.manifest.get("max_history", 50)))
+        tower_file = e.folder / "query_tower.pt"
+        hist = None
+        if tower_file.is_file():
+            cache: dict = {}
+
+            def hist(histories):  # the query tower is read only when a new user's history needs it
+                if "embed" not in cache:
+                    from recsys.artifacts.export import load_query_tower
+
+                    cache["embed"] = history_embedder(load_query_tower(folder), n_trained,
+                                                      int(e.manifest.get("max_history", 50)))
+                    if cache["embed"] is None:
+                        raise ConfigError(f"export {str(folder)!r}: its query tower pools no item history, so it "
+                                          "cannot describe a new user by items. Fix: use --user with a known id.")
+                return cache["embed"](histories)
+
         return cls(e.item_embeddings, lambda users: e.user_embeddings[users], e.seen, e.user_vocab,
                    e.item_vocab, e.titles, hist, e.item_features)
 
