@@ -149,3 +149,58 @@ def test_rowwise_adagrad_from_yaml_as_sparse_optimizer():
     kinds = {type(o).__name__: o for o in opt.optimizers}
     assert "RowWiseAdagrad" in kinds and "SparseAdam" not in kinds, kinds
     assert kinds["RowWiseAdagrad"].param_groups[0]["lr"] == 0.07
+
+
+def _rowwise_adam_reference(w, grads, lr, b1, b2, eps, momentum):
+    """Plain loop: per step, only the rows with a nonzero gradient are updated (lazy)."""
+    w = w.clone()
+    m, v, t = torch.zeros_like(w), torch.zeros(w.shape[0]), 0
+    for g in grads:
+        t += 1
+        for i in range(w.shape[0]):
+            if not g[i].any():
+                continue
+            v[i] = b2 * v[i] + (1 - b2) * (g[i] ** 2).mean()
+            if momentum:
+                m[i] = b1 * m[i] + (1 - b1) * g[i]
+                num = m[i] / (1 - b1**t)
+            else:
+                num = g[i]
+            w[i] -= lr * num / ((v[i] / (1 - b2**t)).sqrt() + eps)
+    return w, m, v
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_rowwise_adam_equals_a_loop_reference_and_is_lazy(momentum):
+    from recsys.model.optim import RowWiseAdam
+
+    torch.manual_seed(0)
+    n, d = 40, 4
+    emb = torch.nn.Embedding(n, d, sparse=True)
+    w0 = emb.weight.detach().clone()
+    opt = RowWiseAdam(emb.parameters(), lr=0.05, momentum=momentum)
+    grads, touched = [], set()
+    for _ in range(6):
+        ids = torch.randint(0, 15, (10,))  # rows >= 15 never touched; repeats coalesce
+        opt.zero_grad()
+        out = emb(ids)
+        (out * torch.randn_like(out)).sum().backward()
+        grads.append(emb.weight.grad.to_dense().clone())
+        touched |= set(ids.tolist())
+        opt.step()
+    w_ref, m_ref, v_ref = _rowwise_adam_reference(w0, grads, 0.05, 0.9, 0.999, 1e-8, momentum)
+    torch.testing.assert_close(emb.weight.detach(), w_ref)
+    torch.testing.assert_close(opt.state[emb.weight]["exp_avg_sq"], v_ref)
+    assert ("exp_avg" in opt.state[emb.weight]) == momentum  # no N x D state without momentum
+    if momentum:
+        torch.testing.assert_close(opt.state[emb.weight]["exp_avg"], m_ref)
+    changed = set((emb.weight != w0).any(1).nonzero().ravel().tolist())
+    assert changed == touched
+    # the state is one float per row (+ the first moment): the memory saving is real
+    assert opt.state[emb.weight]["exp_avg_sq"].shape == (n,)
+    b = torch.nn.Embedding(n, d, sparse=True)
+    ob = RowWiseAdam(b.parameters(), lr=0.05, momentum=momentum)
+    ob.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert ob.state[b.weight]["step"] == 6
+    with pytest.raises(ValueError, match="Fix:"):
+        RowWiseAdam(emb.parameters(), lr=0.0)
