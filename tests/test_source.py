@@ -492,3 +492,17 @@ def test_top_level_help_and_unknown_commands_need_no_training_stack():
     assert "fit | validate | test | predict" in out.stdout and "recommend" in out.stdout
     with pytest.raises(ConfigError, match="command 'nonsense' is unknown"):
         main(["nonsense"])
+
+
+def test_recommend_from_an_export_needs_neither_torch_nor_lightning(fitted, tmp_path):
+    import subprocess
+    import sys
+
+    _, ckpt = fitted
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exp")])
+    code = ("import sys; from recsys.commands.console import main; "
+            f"main(['recommend', '--model', {str(tmp_path / 'exp')!r}, '--user', 'u1', '-k', '3']); "
+            "assert not {'torch', 'lightning', 'faiss'} & set(sys.modules), 'training stack imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.strip().splitlines()) == 4  # header + 3 rows

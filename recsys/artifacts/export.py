@@ -11,7 +11,9 @@ Export folder, every file listed with its sha256 in ``manifest.json``:
     titles.json          (N,) item titles, when the dataset has them
     item_features.json   (N,) each item's feature tokens (display only), when it has features
 
-Serving from it: ``recsys.artifacts.recommender.Recommender.from_export``.
+Serving from it: ``recsys.artifacts.recommender.Recommender.from_export``. Reading a folder
+(``load_export``) needs numpy and scipy only; torch is imported by the functions that run a
+tower (writing an export, new items, a new user's history) and FAISS by the index.
 """
 
 from __future__ import annotations
@@ -26,12 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-from recsys.data.batches import QueryDataset
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
 from recsys.schema import Schema
@@ -42,15 +41,19 @@ logger = logging.getLogger(__name__)
 FORMAT = "recsys-export/1"
 
 
-@torch.no_grad()
 def query_embeddings(query_tower, data, users: np.ndarray, max_history: int, batch_size: int = 4096) -> np.ndarray:
     """(len(users), D) float32 query embeddings with the evaluation inputs (``QueryDataset``:
     user id, deterministic train-history bag of ``max_history`` ids, user features)."""
+    import torch
+
+    from recsys.data.batches import QueryDataset
+
     was = query_tower.training
     query_tower.eval()
     ds = QueryDataset(data, np.asarray(users, dtype=np.int64), max_history)
-    out = [query_tower(ds.__getitems__(range(s, min(s + batch_size, len(ds))))).float().cpu().numpy()
-           for s in range(0, len(ds), batch_size)]
+    with torch.no_grad():
+        out = [query_tower(ds.__getitems__(range(s, min(s + batch_size, len(ds))))).float().cpu().numpy()
+               for s in range(0, len(ds), batch_size)]
     query_tower.train(was)
     return np.concatenate(out) if out else np.zeros((0, query_tower.out_dim), np.float32)
 
@@ -71,6 +74,9 @@ class Export:
     item_features: list[str] | None = None  # (N,) feature tokens of each item, for display
 
     def faiss_index(self):
+        """The folder's FAISS index (imports FAISS)."""
+        import faiss
+
         return faiss.read_index(str(self.folder / "faiss.index"))
 
 
@@ -84,6 +90,9 @@ def _sha256(path: Path) -> str:
 
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
+
+    import faiss
+    import torch
 
     try:
         rv = version("recsys")
@@ -101,6 +110,8 @@ def new_item_embeddings(model, data, path) -> tuple[np.ndarray, np.ndarray, np.n
     ``ItemTower.embed_new`` (features + the unknown-id row, or a zero id part). Ids already in
     the catalogue raise ``DataError``.
     """
+    import torch
+
     from recsys.data.batches import pad_rows
     from recsys.data.features import read_features
 
@@ -136,6 +147,9 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
     ``new_items``: ``new_item_embeddings``' (ids, embeddings, titles, tokens), appended to the
     catalogue (never seen by any user).
     """
+    import faiss
+    import torch
+
     from recsys.retrieval import make_retriever
 
     out = Path(out).absolute()
@@ -249,6 +263,7 @@ def load_export(folder) -> Export:
 def load_query_tower(folder):
     """Rebuild the query tower of an export folder (class and settings from the stored fit
     config, ``recsys.artifacts.config.build_query_tower``; weights loaded)."""
+    import torch
     import yaml
 
     from recsys.artifacts.config import build_query_tower, upgrade_class_paths
