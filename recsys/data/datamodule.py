@@ -44,7 +44,8 @@ class InteractionDataModule(L.LightningDataModule):
             ``data.source``); replaces ``dataset`` and the protocol settings below.
         data: an already built ``RecData`` (Python only; e.g. ``RecData.from_frames``).
         root: data folder (default ``$RECSYS_DATA`` or ``~/.cache/recsys``).
-        split: ``random`` (per-user 8:1:1), ``leave_last_out`` or ``global_time``.
+        split: ``random`` (per-user 8:1:1), ``leave_last_out``, ``global_time`` / ``time``, ``users`` or
+            ``items`` (``recsys.data.splits.make_split``; a ``source`` sets its own).
         seed: split seed (and batch-order seed).
         batch_size: training pairs per batch (B).
         eval_batch_size: queries per evaluation batch.

@@ -226,8 +226,10 @@ class ItemTower(_Tower):
     Args:
         schema: data sizes, the (N, Gmax) item feature index and the (N, P) numeric block.
         dim, hidden, dropout, part_norm, normalize, sparse, init_std: as for ``QueryTower``.
-        use_id: embed the item id; False gives a feature-only tower (every item, known or
-            new, is its features).
+        use_id: embed the item id; False drops the id embedding, so every item, known or new,
+            is its features (with ``item_bias`` a known item still has its learned bias, an id
+            parameter; new and cold items a zero one: set ``item_bias: false`` on both towers
+            for a strictly feature-only score).
         use_features: embed the item's features (if the data has them).
         unknown_id_rate: > 0 adds an unknown-item row to the id table, used for items with no
             train interaction (cold items) and for new items (``embed_new``), and in training
