@@ -91,3 +91,31 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert all(f"| {m} |" in md and f"| {m} |" in printed for m in agg)
     for png in ("recall_at_k.png", "ndcg10_vs_time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baselines_are_tuned_on_validation_and_listed_once(tmp_path):
+    base = tmp_path / "cfg" / "base.yaml"
+    base.parent.mkdir()
+    base.write_text(yaml.safe_dump(BASE))
+    out = tmp_path / "out"
+    main(["compare", "--config", str(base), "--heads", "none", "--seeds", "2", "--baselines", "pop,ease",
+          "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    tune = res["baseline_tuning"]
+    assert set(tune) == {"ease"}  # pop has nothing to tune
+    trials = tune["ease"]["trials"]
+    assert [t["params"]["lambda_"] for t in trials] == tune["ease"]["grid"]["lambda_"]
+    best = max(trials, key=lambda t: t["ndcg@10"])
+    assert tune["ease"]["chosen"]["lambda_"] == best["params"]["lambda_"]  # chosen on validation
+    assert {r["params"]["lambda_"] for r in res["runs"] if r["model"] == "ease"} == {best["params"]["lambda_"]}
+    # the run's own validation score of the chosen lambda is the tuning trial's (same fit, same split)
+    ease_valid = [r["valid"]["ndcg@10"] for r in res["runs"] if r["model"] == "ease"]
+    assert ease_valid[0] == pytest.approx(best["ndcg@10"])
+    md = (out / "results.md").read_text()
+    assert "## Baselines tuned on validation" in md and md.count("| chosen |") == 1
+    table = md.split("\n\n")[2]
+    assert table.count("| ease |") == 1 and table.count("| pop |") == 1  # one row per model, not per seed
+    main(["compare", "--config", str(base), "--heads", "none", "--seeds", "1", "--baselines", "ease",
+          "--out", str(tmp_path / "fixed"), "--no-tune-baselines"])
+    fixed = json.loads((tmp_path / "fixed" / "results.json").read_text())
+    assert fixed["baseline_tuning"] == {} and fixed["runs"][0]["params"]["repr"] == "ease(lambda=500)"

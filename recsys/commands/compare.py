@@ -14,7 +14,11 @@ The resolved config of each run is written to ``OUT/configs/<head>_seed<s>.yaml`
 
 Every (head, seed) is trained, its best checkpoint (validation NDCG@10) reloaded and scored
 on test and validation over the whole catalogue; baselines (``recsys.eval.baselines``) are fitted
-once per seed on the same ``RecData``. Writes ``OUT/results.json`` (every run + mean / std
+once per seed on the same ``RecData``, after their main settings are tuned on validation NDCG@10
+over ``BASELINE_GRIDS`` (the heads' tuning budget is their configs; ``--no-tune-baselines``
+keeps the defaults, a ``--baseline-param`` value is fixed and leaves that setting out of the
+grid). The grid, every validation score and the chosen values go into ``results.json`` and
+``results.md``; test is never looked at while choosing. Writes ``OUT/results.json`` (every run + mean / std
 over seeds), ``OUT/results.md`` (table), ``OUT/recall_at_k.png``, ``OUT/ndcg10_vs_time.png``.
 Arguments after ``--`` go to every run's LightningCLI, e.g. ``-- --data.batch_size=256``.
 """
@@ -44,6 +48,11 @@ from recsys.reporting import json_safe, machine, markdown_table
 logger = logging.getLogger(__name__)
 
 HEAD_KEYS = ("head", "dense_optimizer", "sparse_optimizer", "lr_scheduler")  # taken from a head file's model block
+# the validation grid of each baseline's main settings (the product of the lists)
+BASELINE_GRIDS = {
+    "ease": {"lambda_": [50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0]},
+    "als": {"factors": [64, 128], "regularization": [5.0, 50.0, 200.0], "alpha": [1.0, 3.0, 10.0]},
+}
 TABLE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
 
@@ -175,6 +184,29 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict
     return rec, cli.datamodule.data
 
 
+def tune_baseline(name: str, fixed: dict, seed: int, data, metric: str = "ndcg@10") -> dict:
+    """Fit ``name`` at every point of its ``BASELINE_GRIDS`` grid (settings in ``fixed`` held)
+    on train and score validation only; returns {grid, trials [(params, score)], chosen}."""
+    import itertools
+
+    from recsys.eval.baselines import BASELINES, make_baseline
+    from recsys.eval.evaluate import evaluate
+
+    grid = {k: v for k, v in BASELINE_GRIDS.get(name, {}).items() if k not in fixed}
+    if not grid:
+        return {"grid": {}, "trials": [], "chosen": dict(fixed), "metric": metric}
+    trials = []
+    for values in itertools.product(*grid.values()):
+        kw = {**fixed, **dict(zip(grid, values))}
+        if "seed" in inspect.signature(BASELINES[name]).parameters:
+            kw.setdefault("seed", seed)
+        score = evaluate(make_baseline(name, **kw).fit(data), data, "valid", (10,)).metrics[metric]
+        trials.append({"params": dict(zip(grid, values)), metric: score})
+        _say(f"compare: tune {name} {dict(zip(grid, values))}: valid {metric} {score:.4f}")
+    best = max(trials, key=lambda t: t[metric])  # first of equal scores: grid order
+    return {"grid": grid, "trials": trials, "chosen": {**fixed, **best["params"]}, "metric": metric}
+
+
 def fit_baseline(name: str, params: dict, seed: int, data, ks: tuple[int, ...]) -> dict:
     """Fit one baseline on ``data.train`` and score test and validation."""
     from recsys.eval.baselines import BASELINES, make_baseline
@@ -274,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="3", help="number of seeds (0..S-1) or a comma list (default 3)")
     p.add_argument("--baselines", default="pop,ease,als", help="comma list of pop,ease,als or 'none'")
     p.add_argument("--baseline-param", nargs="*", default=[], metavar="NAME.ARG=VALUE",
-                   help="baseline arguments, e.g. ease.lambda_=1000 als.alpha=5")
+                   help="baseline arguments, e.g. ease.lambda_=1000 als.alpha=5 (fixed: not tuned)")
+    p.add_argument("--no-tune-baselines", action="store_true",
+                   help="keep the baselines' default settings instead of tuning them on validation")
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<timestamp>)")
     p.add_argument("--k", type=int, nargs="+", default=[10, 20, 50], help="cut-offs (default 10 20 50)")
     p.add_argument("--max-epochs", type=int, default=None, help="override trainer.max_epochs")
@@ -306,13 +340,25 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
     return sources, data
 
 
-def run_baselines(baselines, seeds, params, data, ks_req, runs) -> dict:
-    """Fit every (baseline, seed) on ``data``; append records to ``runs``; return skipped ones."""
+def run_baselines(baselines, seeds, params, data, ks_req, runs, tune: bool = True, tuning: dict | None = None) -> dict:
+    """Tune (on validation, seed ``seeds[0]``) and fit every (baseline, seed) on ``data``;
+    append records to ``runs`` and the tuning to ``tuning``; return skipped ones."""
     skipped = {}
     for name in baselines:
+        chosen = params.get(name, {})
+        if tune:
+            try:
+                t = tune_baseline(name, dict(chosen), seeds[0], data)
+            except (ConfigError, MissingDependency) as e:
+                logger.warning("compare: skipping baseline %s: %s", name, e)
+                skipped[name] = str(e)
+                continue
+            chosen = t["chosen"]
+            if tuning is not None and t["grid"]:
+                tuning[name] = t
         for seed in seeds:
             try:
-                rec = fit_baseline(name, params.get(name, {}), seed, data, curve_ks(ks_req, data.n_items))
+                rec = fit_baseline(name, chosen, seed, data, curve_ks(ks_req, data.n_items))
             except (ConfigError, MissingDependency) as e:  # e.g. implicit missing, EASE over max_items
                 logger.warning("compare: skipping baseline %s: %s", name, e)
                 skipped[name] = str(e)
@@ -321,6 +367,21 @@ def run_baselines(baselines, seeds, params, data, ks_req, runs) -> dict:
             _say(f"compare: {rec['params']['repr']} seed {seed}: {rec['train_seconds']:.1f}s, "
                  f"test ndcg@10 {rec['test']['ndcg@10']:.4f}")
     return skipped
+
+
+def tuning_md(tuning: dict) -> str:
+    """The baselines' validation grids, scores and chosen settings as Markdown."""
+    if not tuning:
+        return ""
+    parts = ["\n## Baselines tuned on validation\n"]
+    for name, t in tuning.items():
+        metric = t["metric"]
+        rows = [{**tr["params"], f"valid {metric}": f"{tr[metric]:.4f}",
+                 "chosen": "yes" if all(t["chosen"].get(k) == v for k, v in tr["params"].items()) else ""}
+                for tr in t["trials"]]
+        parts.append(f"\n`{name}`: grid {t['grid']}; chosen {t['chosen']}\n\n"
+                     + markdown_table(rows, [*t["grid"], f"valid {metric}", "chosen"]) + "\n")
+    return "".join(parts)
 
 
 def write_report(out: Path, report: dict, data) -> str:
@@ -336,7 +397,8 @@ def write_report(out: Path, report: dict, data) -> str:
         f"Base config `{report['config']}`; seeds {report['seeds']}; full-catalogue test metrics, seen items "
         "excluded, best checkpoint by validation NDCG@10; mean ± sample std over seeds. Train s: trainer.fit "
         "wall time incl. per-epoch validation (baselines: fit). Peak RSS: highest in-process RSS sampled "
-        f"during the run (psutil).\n\n{table}\n" + (f"\nSkipped: {report['skipped']}\n" if report["skipped"] else ""))
+        f"during the run (psutil).\n\n{table}\n" + tuning_md(report.get("baseline_tuning") or {})
+        + (f"\nSkipped: {report['skipped']}\n" if report["skipped"] else ""))
     plots.metric_vs_k(agg, out / "recall_at_k.png", "recall")
     plots.quality_vs_time(agg, out / "ndcg10_vs_time.png", "ndcg@10")
     return table
@@ -376,12 +438,14 @@ def main(argv: list[str]) -> None:
             run = out / "configs" / "data.run.yaml"
             run.write_text(yaml.safe_dump(run_overrides(seeds[0], out / "runs" / "data", None), sort_keys=False))
             data = make_cli(["--config", str(base_path), "--config", str(run), *extra]).datamodule.data
-        skipped = run_baselines(baselines, seeds, params, data, ks_req, runs)
+        tuning: dict = {}
+        skipped = run_baselines(baselines, seeds, params, data, ks_req, runs, not a.no_tune_baselines, tuning)
         n_loads = len(cache)
 
     report = {
         "config": str(base_path), "heads": heads, "head_configs": sources, "baselines": baselines,
-        "baseline_params": params, "skipped": skipped, "seeds": seeds, "ks": list(curve_ks(ks_req, data.n_items)),
+        "baseline_params": params, "baseline_tuning": tuning, "skipped": skipped, "seeds": seeds,
+        "ks": list(curve_ks(ks_req, data.n_items)),
         "extra_args": extra, "max_epochs": a.max_epochs, "dataset": data.stats(), "dataset_loads": n_loads,
         "wall_seconds": time.perf_counter() - t_all,
         "environment": machine(),
