@@ -18,7 +18,8 @@ whose history bag is a second N x D table (``SampledSoftmax``).
 
 Sparse optimiser (``opt``): ``adam`` = ``recsys.model.optim.SparseAdam`` (the module default; two
 dense N x D moments per table), ``rowwise`` = ``recsys.model.optim.RowWiseAdagrad`` (one float per
-row).
+row), ``rowadam`` = ``recsys.model.optim.RowWiseAdam`` (the full first moment + one float per row),
+``rowadam_nom`` = ``RowWiseAdam(momentum=False)`` (one float per row).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from __future__ import annotations
 import time
 
 from bench import common as C
+
+OPTS = ("adam", "rowwise", "rowadam", "rowadam_nom")
+ANALYTIC = {"adam": 3 * C.D * 4, "rowwise": (C.D + 1) * 4, "rowadam": (2 * C.D + 1) * 4,
+            "rowadam_nom": (C.D + 1) * 4}  # bytes per row of an N x D table: weights + optimizer state
 
 
 def run_case(case: dict) -> dict:
@@ -46,10 +51,15 @@ def run_case(case: dict) -> dict:
     dm = C.make_datamodule(data, max_history=H)
     torch.manual_seed(0)
     module = C.make_module(data, case["head"], **tower_kw)
-    if case.get("opt", "adam") == "rowwise":
+    opt_name = case.get("opt", "adam")
+    if opt_name == "rowwise":
         from recsys.model.optim import RowWiseAdagrad
 
         module.sparse_optimizer = lambda params: RowWiseAdagrad(params, lr=0.05)
+    elif opt_name in ("rowadam", "rowadam_nom"):
+        from recsys.model.optim import RowWiseAdam
+
+        module.sparse_optimizer = lambda params: RowWiseAdam(params, lr=0.01, momentum=opt_name == "rowadam")
     rss_model = C.rss_bytes()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -82,8 +92,10 @@ def main(argv=None) -> None:
     small, big = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
     cases = [{"N": n, "tower": "ids", "head": "inbatch", "steps": 20, "opt": o}
              for o in ("adam", "rowwise") for n in (small, big)]
+    cases += [{"N": n, "tower": "ids", "head": "inbatch", "steps": 20, "opt": "rowadam"} for n in (small, big)]
     cases += [{"N": n, "tower": "default", "head": "sampled", "steps": 20, "opt": o}
-              for o in ("adam", "rowwise") for n in (small, 3 * small)]
+              for o in ("adam", "rowwise", "rowadam", "rowadam_nom") for n in (small, 3 * small)]
+    cases += [{"N": big, "tower": "default", "head": "sampled", "steps": 20, "opt": "rowadam_nom"}]
     cases += [{"N": small, "tower": "default", "head": "full", "steps": 3, "opt": "adam"}]
     rows = []
     for c in cases:
@@ -100,14 +112,15 @@ def main(argv=None) -> None:
                "peak_process_gib", "fit_s", "load"],
               note="n_by_d_tables = sparse id tables with N rows (item ids, and the history bag in the default "
                    "towers); optimizer_state = SparseAdam exp_avg + exp_avg_sq (dense, 2 x each table) for "
-                   "opt = adam, RowWiseAdagrad's one float per row for opt = rowwise.")
+                   "opt = adam, one float per row for rowwise and rowadam_nom, the first moment + one float per "
+                   "row for rowadam.")
 
     def find(N, tower, head, opt="adam"):
         return next((r for r in rows if r["N"] == N and r["tower"] == tower and r["head"] == head
                      and r.get("opt", "adam") == opt), None)
 
     per_item = []
-    for tower, head, n1, n2, opt in [(t, h, a, b, o) for o in ("adam", "rowwise") for t, h, a, b in
+    for tower, head, n1, n2, opt in [(t, h, a, b, o) for o in OPTS for t, h, a, b in
                                      (("ids", "inbatch", small, big), ("default", "sampled", small, 3 * small))]:
         a, b = find(n1, tower, head, opt), find(n2, tower, head, opt)
         if a and b:
@@ -116,14 +129,16 @@ def main(argv=None) -> None:
             tables = a["n_by_d_tables"]
             per_item.append({"tower": tower, "opt": opt, "sizes": f"{n1:,} -> {n2:,}", "bytes_per_item_training": bpi,
                              "bytes_per_item_process": proc,
-                             "analytic_tables_bytes": tables * (3 * C.D * 4 if opt == "adam" else (C.D + 1) * 4),
+                             "analytic_tables_bytes": tables * ANALYTIC[opt],
                              "predicted_10M_gib": b["peak_process_gib"] + proc * (10_000_000 - n2) / 2**30})
     rep.table("Bytes per item (marginal: difference of peaks / difference of N)", per_item,
               note="analytic_tables_bytes = N x D tables x (weights + optimizer state) x 4 bytes / N: 3 x D x 4 "
-                   "with SparseAdam's two moments, (D + 1) x 4 with row-wise AdaGrad.")
+                   "with SparseAdam's two moments, (D + 1) x 4 with row-wise AdaGrad or row-wise Adam without "
+                   "momentum, (2 D + 1) x 4 with row-wise Adam.")
     rep.data = {"rows": rows, "per_item": per_item}
-    names = {"adam": "SparseAdam", "rowwise": "row-wise AdaGrad"}
-    for opt in ("adam", "rowwise"):
+    names = {"adam": "SparseAdam", "rowwise": "row-wise AdaGrad", "rowadam": "row-wise Adam",
+             "rowadam_nom": "row-wise Adam without momentum"}
+    for opt in OPTS:
         ten = find(big, "ids", "inbatch", opt)
         if ten and not quick:
             rep.target(f"peak RSS training at N=10M, D=64, {names[opt]} (one N x D table, whole process)",
@@ -142,6 +157,13 @@ def main(argv=None) -> None:
                        f"{dflt['predicted_10M_gib']:.1f} GiB", "<= 8 GiB",
                        None if quick else dflt["predicted_10M_gib"] <= 8,
                        f"{dflt['bytes_per_item_training']:.0f} B/item measured {dflt['sizes']}; two N x D tables")
+    direct = find(big, "default", "sampled", "rowadam_nom")
+    if direct and not quick:
+        rep.target(f"default towers (id + history bag tables) at N={big:,}, D=64, an Adam-family optimizer "
+                   "(row-wise Adam, no momentum), measured", f"{direct['peak_process_gib']:.2f} GiB", "<= 8 GiB",
+                   direct["peak_process_gib"] <= 8,
+                   f"training phase {direct['peak_training_gib']:.2f} GiB; params {direct['param_gib']:.2f} + "
+                   f"optimizer state {direct['optimizer_state_gib']:.2f} GiB")
     full = next((r for r in rows if r["head"] == "full"), None)
     if full:
         Bn = C.BATCH * full["N"] * 4 / 2**30
