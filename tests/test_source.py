@@ -506,3 +506,23 @@ def test_recommend_from_an_export_needs_neither_torch_nor_lightning(fitted, tmp_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.strip().splitlines()) == 4  # header + 3 rows
+
+
+def test_items_split_with_cold_validation_items_selects_on_cold_items(tmp_path):
+    write_files(tmp_path, n_users=400, n_items=150)
+    d = load_source(_abs(tmp_path, {**SOURCE, "split": {"kind": "items", "valid": 0.1, "test": 0.2,
+                                                        "cold_valid": True}}))
+    vitems = np.flatnonzero(np.diff(d.valid.tocsc().indptr) > 0)
+    assert d.valid_candidates.tolist() == vitems.tolist() and 10 <= len(vitems) <= 15
+    assert np.asarray(d.train[:, vitems].sum()).item() == 0  # validation items are never trained on
+    assert not set(vitems) & set(d.cold_items().tolist())  # and are not the test items
+    assert d.candidates("valid") is d.valid_candidates and d.candidates("test") is None
+    warm = load_source(_abs(tmp_path, {**SOURCE, "split": {"kind": "items", "valid": 0.1, "test": 0.2}}))
+    assert warm.candidates("valid") is None and (warm.test != d.test).nnz == 0  # same cold test items
+    from recsys.eval.baselines import Popularity
+    from recsys.eval.evaluate import evaluate
+
+    res = evaluate(Popularity().fit(d), d, "valid", ks=(5,))
+    assert set(res.I.ravel().tolist()) <= set(vitems.tolist())  # validation ranks the validation items
+    with pytest.raises(ConfigError, match="cold_valid=true with split 'random'"):
+        load_source(_abs(tmp_path, {**SOURCE, "split": {"kind": "random", "cold_valid": True}}))

@@ -42,6 +42,7 @@ class RecData:
     item_encoder: FeatureEncoder | None = None  # encodes new items' features like the known ones
     user_encoder: FeatureEncoder | None = None
     fold_in: sp.csr_matrix | None = None  # (U, N) input histories of held-out users (split kind users)
+    valid_candidates: np.ndarray | None = None  # (M,) cold validation items ranked for 'valid' (cold_valid)
 
     @classmethod
     def from_frames(cls, interactions: pd.DataFrame, **kwargs) -> RecData:
@@ -89,7 +90,10 @@ class RecData:
 
     def candidates(self, split: str) -> np.ndarray | None:
         """The items ranked for ``split``: None for the whole catalogue, the cold items for
-        ``cold_items`` (a new item competes with the other new items)."""
+        ``cold_items`` (a new item competes with the other new items), and for ``valid`` the
+        held-out validation items when the split has them (``cold_valid``)."""
+        if split == "valid":
+            return self.valid_candidates
         if split != "cold_items":
             return None
         cold = self.cold_items()
@@ -210,6 +214,7 @@ def from_frames(
     item_titles: pd.Series | None = None,
     catalogue: str = "interactions",
     parts: tuple[pd.DataFrame, ...] | None = None,
+    cold_valid: bool = False,
 ) -> RecData:
     """Encode ids with a ``Vocab``, split, build the CSR matrices and encode side features.
 
@@ -223,6 +228,8 @@ def from_frames(
         catalogue: ``interactions`` (items that occur in an interaction) or ``all_items``
             (also the items only the item file lists: cold items from the start).
         parts: a fixed (train, valid, test) in raw ids instead of ``split`` (pre-split files).
+        cold_valid: with ``split="items"``, validation is a second set of held-out items, and
+            validation ranks those items only (``RecData.valid_candidates``).
     """
     if catalogue not in ("interactions", "all_items"):
         raise ConfigError(f"catalogue={catalogue!r}: need 'interactions' or 'all_items'. Fix: 'all_items' to "
@@ -244,10 +251,13 @@ def from_frames(
     if parts is not None:
         split_parts = [encode(f) for f in parts]
     else:
-        split_parts = list(make_split(encode(interactions), split, seed=seed, valid=valid, test=test))
+        split_parts = list(make_split(encode(interactions), split, seed=seed, valid=valid, test=test,
+                                      cold_valid=cold_valid))
     shape = (len(user_vocab), len(item_vocab))
     train, valid_m, test_m, *rest = (to_csr(p["user"].to_numpy(), p["item"].to_numpy(), shape) for p in split_parts)
     data = RecData(name, train, valid_m, test_m, user_vocab, item_vocab, fold_in=rest[0] if rest else None)
+    if cold_valid:
+        data.valid_candidates = np.flatnonzero(np.diff(valid_m.tocsc().indptr) > 0)
     if users is not None:
         enc = FeatureEncoder.fit(users.reindex(users.index.intersection(user_vocab.raw)), "user",
                                  user_columns or FeatureColumns(categorical=list(users.columns)))

@@ -58,6 +58,7 @@ class SplitSpec:
     kind: str = "random"
     valid: float = 0.1
     test: float = 0.1
+    cold_valid: bool = False  # kind items: validation is held-out items too (selection on cold items)
 
 
 @dataclass
@@ -185,7 +186,8 @@ def load_source(src: DataSource | dict, seed: int = 0) -> RecData:
                   item_titles=titles, catalogue=src.catalogue)
     if src.interactions is not None:
         df = read_source_interactions(src)
-        return from_frames(df, split=src.split.kind, valid=src.split.valid, test=src.split.test, **common)
+        return from_frames(df, split=src.split.kind, valid=src.split.valid, test=src.split.test,
+                           cold_valid=src.split.cold_valid, **common)
     if max(_k_core(src.k_core)) > 1:
         raise ConfigError(f"k_core={src.k_core!r} with pre-split files: filtering would change your fixed split. "
                           "Fix: filter the files before splitting them, or drop k_core.")

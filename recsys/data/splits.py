@@ -159,22 +159,31 @@ def split_users(
 
 
 def split_items(
-    df: pd.DataFrame, valid_frac: float = 0.1, test_frac: float = 0.1, seed: int = 0
+    df: pd.DataFrame, valid_frac: float = 0.1, test_frac: float = 0.1, seed: int = 0, cold_valid: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Hold out whole items (item cold-start; Volkovs et al., NeurIPS 2017, "DropoutNet").
 
     A seeded ``test_frac`` share of the items is cold: every row of those items is test (and
     only the rows of users who keep train rows). Validation is a per-user random
-    ``valid_frac`` of the warm rows (model selection on warm items; cold items never reach
-    training or selection). ``evaluate --split cold_items`` ranks the cold items only.
+    ``valid_frac`` of the warm rows (model selection on warm items), or with ``cold_valid`` a
+    second seeded ``valid_frac`` share of the items, held out like the test items (model
+    selection on cold items: warm validation does not track cold-start quality).
+    ``evaluate --split cold_items`` ranks the cold test items only.
     """
     _check_fracs("items", valid_frac, test_frac)
     rng = np.random.default_rng(seed)
     items = np.unique(df["item"].to_numpy())
-    cold = rng.permutation(items)[: int(round(test_frac * len(items)))]
-    is_cold = df["item"].isin(cold).to_numpy()
-    warm = df[~is_cold].reset_index(drop=True)
-    train, valid, _ = split_random(warm, (1.0 - valid_frac, valid_frac, 0.0), seed=seed)
+    perm = rng.permutation(items)
+    n_te = int(round(test_frac * len(items)))
+    is_cold = df["item"].isin(perm[:n_te]).to_numpy()
+    if cold_valid:
+        is_vcold = df["item"].isin(perm[n_te:n_te + int(round(valid_frac * len(items)))]).to_numpy()
+        train = df[~is_cold & ~is_vcold].reset_index(drop=True)
+        valid = df[is_vcold]
+        valid = valid[valid["user"].isin(set(train["user"].unique()))].reset_index(drop=True)
+    else:
+        warm = df[~is_cold].reset_index(drop=True)
+        train, valid, _ = split_random(warm, (1.0 - valid_frac, valid_frac, 0.0), seed=seed)
     test = df[is_cold]
     test = test[test["user"].isin(set(train["user"].unique()))]
     return train, valid, test.reset_index(drop=True)
@@ -190,17 +199,24 @@ SPLITS = {"random": split_random, "leave_last_out": split_leave_last_out, "globa
           "time": split_global_time, "users": split_users, "items": split_items}
 
 
-def make_split(df: pd.DataFrame, how: str = "random", seed: int = 0, valid: float = 0.1, test: float = 0.1):
+def make_split(df: pd.DataFrame, how: str = "random", seed: int = 0, valid: float = 0.1, test: float = 0.1,
+               cold_valid: bool = False):
     """Dispatch by name: ``random`` (seeded per-user shares), ``leave_last_out`` (by time),
     ``time`` / ``global_time`` (one global time cut), ``users`` (whole users held out; returns
     a 4th frame, their input rows), ``items`` (whole items held out). ``valid`` / ``test``
-    are the shares (of each user's rows, of all rows by time, of users or of items)."""
+    are the shares (of each user's rows, of all rows by time, of users or of items);
+    ``cold_valid`` (``items`` only): validation is held-out items too."""
     if how not in SPLITS:
         raise ConfigError(f"split='{how}' is unknown; valid: {sorted(SPLITS)}. Fix: pick one of them.")
+    if cold_valid and how != "items":
+        raise ConfigError(f"cold_valid=true with split {how!r}: only split kind 'items' holds out validation items. "
+                          "Fix: use kind: items, or drop cold_valid.")
     if how == "random":
         return split_random(df, (1.0 - valid - test, valid, test), seed=seed)
     if how in ("time", "global_time"):
         return split_global_time(df, valid, test)
-    if how in ("users", "items"):
-        return SPLITS[how](df, valid, test, seed=seed)
+    if how == "items":
+        return split_items(df, valid, test, seed=seed, cold_valid=cold_valid)
+    if how == "users":
+        return split_users(df, valid, test, seed=seed)
     return split_leave_last_out(df)
