@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.data.features import FeatureColumns
+from recsys.data.features import FeatureColumns, fill_by_dtype
 from recsys.data.formats import read_adjacency
 from recsys.data.formats.table import ALIASES, read_table
 from recsys.data.preprocess import kcore, to_implicit
@@ -228,11 +228,7 @@ def _check_features(path: str, kind: str, cols: FeatureColumns | None, src: Data
                 f"has no {kind} id column under a usual name ({', '.join(ALIASES[kind])})")
         out.append(Problem("error", path, f"column {key!r}" if key else "columns",
                            f"{what}; columns present: {available}", f"set {kind}_columns: {{{kind}: <column>}}"))
-    if not cols.used():  # every other column, by dtype (as features.feature_frame)
-        rest = [c for c in available if c not in (key, cols.title)]
-        cols.numeric = [c for c in rest if pd.api.types.is_numeric_dtype(df[c]) and not
-                        pd.api.types.is_bool_dtype(df[c])]
-        cols.categorical = [c for c in rest if c not in cols.numeric]
+    fill_by_dtype(df, key, cols)  # as features.feature_frame
     missing = [c for c in cols.used() if c not in available]
     if missing:
         out.append(Problem("error", path, "columns", f"feature column(s) {missing} not found; columns present: "

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from recsys.data.io import PathLike, data_error
 from recsys.errors import ConfigError
 
-__all__ = ["FeatureColumns", "FeatureEncoder", "read_features", "feature_frame"]
+__all__ = ["FeatureColumns", "FeatureEncoder", "read_features", "feature_frame", "fill_by_dtype"]
 
 MISSING = "<missing>"  # the category of a missing / unknown value (user fields)
 
@@ -82,6 +82,16 @@ def _key_column(p: object, kind: str, available: list[str], cols: FeatureColumns
     return key
 
 
+def fill_by_dtype(df: pd.DataFrame, key: str | None, cols: FeatureColumns) -> None:
+    """When ``cols`` names no feature column: every column but the key and the title, numeric
+    dtypes as ``numeric``, the rest as ``categorical`` (in place)."""
+    if cols.used():
+        return
+    rest = [str(c) for c in df.columns if str(c) not in (key, cols.title)]
+    cols.numeric = [c for c in rest if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+    cols.categorical = [c for c in rest if c not in cols.numeric]
+
+
 def feature_frame(df: pd.DataFrame, kind: str, cols: FeatureColumns | None = None, source: object = "features"
                   ) -> tuple[pd.DataFrame, FeatureColumns]:
     """Check a feature table and return (frame indexed by raw id, the resolved columns).
@@ -96,11 +106,7 @@ def feature_frame(df: pd.DataFrame, kind: str, cols: FeatureColumns | None = Non
     cols = FeatureColumns(**vars(cols)) if cols is not None else FeatureColumns()
     available = [str(c) for c in df.columns]
     key = _key_column(source, kind, available, cols)
-    if not cols.used():  # every other column, by dtype
-        rest = [c for c in available if c not in (key, cols.title)]
-        cols.numeric = [c for c in rest if pd.api.types.is_numeric_dtype(df[c]) and not
-                        pd.api.types.is_bool_dtype(df[c])]
-        cols.categorical = [c for c in rest if c not in cols.numeric]
+    fill_by_dtype(df, key, cols)
     missing = [c for c in cols.used() if c not in available]
     if missing:
         raise data_error(source, f"feature column(s) {missing} not found; columns present: {available}",

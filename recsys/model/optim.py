@@ -156,6 +156,20 @@ class SparseAdam(torch.optim.SparseAdam):
         return loss
 
 
+def _touched_rows(p: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows (r,), their gradient (r, D)) of ``p``: a sparse gradient coalesced (duplicate ids
+    summed), a dense one as every row. The row-wise optimizers update only these rows."""
+    grad = p.grad
+    if not grad.is_sparse:
+        return torch.arange(p.shape[0], device=p.device), grad
+    if grad.sparse_dim() != 1:
+        raise ConfigError(f"{name} got a gradient with {grad.sparse_dim()} sparse dimensions: it updates whole rows "
+                          "of an id table (1 sparse dimension). Fix: use it for nn.Embedding / nn.EmbeddingBag "
+                          "weights only.")
+    grad = grad.coalesce()
+    return grad._indices()[0], grad._values()
+
+
 class RowWiseAdagrad(torch.optim.Optimizer):
     """Row-wise AdaGrad for id tables: one accumulator float per row instead of per entry.
 
@@ -210,18 +224,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     state["sum"] = torch.full((p.shape[0],), float(group["initial_accumulator_value"]),
                                               dtype=p.dtype, device=p.device)
                 state["step"] += 1
-                grad = p.grad
-                if grad.is_sparse:
-                    if grad.sparse_dim() != 1:
-                        raise ConfigError(
-                            f"RowWiseAdagrad got a gradient with {grad.sparse_dim()} sparse dimensions: it "
-                            "updates whole rows of an id table (1 sparse dimension). Fix: use it for "
-                            "nn.Embedding / nn.EmbeddingBag weights only."
-                        )
-                    grad = grad.coalesce()  # duplicate ids summed
-                    rows, g = grad._indices()[0], grad._values()  # (r,), (r, D)
-                else:  # dense: every row
-                    rows, g = torch.arange(p.shape[0], device=p.device), grad
+                rows, g = _touched_rows(p, "RowWiseAdagrad")
                 if g.numel() == 0:
                     continue
                 s = state["sum"]
@@ -287,16 +290,7 @@ class RowWiseAdam(torch.optim.Optimizer):
                         state["exp_avg"] = torch.zeros_like(p)  # (N, D)
                 state["step"] += 1
                 t = state["step"]
-                grad = p.grad
-                if grad.is_sparse:
-                    if grad.sparse_dim() != 1:
-                        raise ConfigError(f"RowWiseAdam got a gradient with {grad.sparse_dim()} sparse dimensions: "
-                                          "it updates whole rows of an id table. Fix: use it for nn.Embedding / "
-                                          "nn.EmbeddingBag weights only.")
-                    grad = grad.coalesce()
-                    rows, g = grad._indices()[0], grad._values()  # (r,), (r, D)
-                else:
-                    rows, g = torch.arange(p.shape[0], device=p.device), grad
+                rows, g = _touched_rows(p, "RowWiseAdam")
                 if g.numel() == 0:
                     continue
                 g2 = g.reshape(g.shape[0], -1).pow(2).mean(1)  # (r,) row mean of g^2
