@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,8 +49,10 @@ class KnownPositives:
     batch. Only the batch users' own train pairs are read (P of them, the sum of their
     history lengths), never the whole train set:
 
-    - C shared candidates (in-batch, shared samples): each pair's item is looked up in a
-      catalogue-sized column table of the batch's distinct candidates, O(P + B C);
+    - C shared candidates (in-batch, shared samples): each pair of the batch's distinct users
+      (a user repeated in the batch is read once) is looked up in a catalogue-sized column
+      table of the batch's distinct candidates and scattered into a (B', C' + 1) bitmap whose
+      last column takes the misses, then expanded to (B, C): O(P + B C) with no selection pass;
     - per-row candidates (B, C): a (B, N) bitmap of the pairs when it fits in
       ``bitmap_limit`` entries, O(P + B C), else a search in the P sorted pair keys
       ``row * N + item``, O(B C log P).
@@ -65,31 +68,41 @@ class KnownPositives:
         self._indices = self.csr.indices.astype(np.int64)  # (nnz,) ascending within a row
         self._col = np.full(self.N, -1, dtype=np.int64)  # scratch: item -> distinct-candidate column, else -1
 
+    def _offsets(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n (B,), offs (P,)): each user's train-pair count and the CSR positions of all their
+        pairs, user by user."""
+        start = self._indptr[users]
+        n = self._indptr[users + 1] - start  # (B,)
+        return n, np.arange(int(n.sum())) + np.repeat(start - (np.cumsum(n) - n), n)
+
     def _pairs(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row in the batch, item) of every train pair of ``users`` (P,), (P,): rows
         ascending, items ascending within a row (the CSR order)."""
-        start = self._indptr[users]
-        n = self._indptr[users + 1] - start  # (B,)
-        rows = np.repeat(np.arange(len(users)), n)
-        offs = np.arange(int(n.sum())) + np.repeat(start - (np.cumsum(n) - n), n)
-        return rows, self._indices[offs]
+        n, offs = self._offsets(users)
+        return np.repeat(np.arange(len(users)), n), self._indices[offs]
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (B,), items (C,) shared or (B, C) per row -> bool (B, C) on ``users``' device."""
         u = users.cpu().numpy()
         it = items.cpu().numpy()
-        rows, pos = self._pairs(u)  # (P,), (P,)
         B = len(u)
         if it.ndim == 1:
             uniq, inv = np.unique(it, return_inverse=True)  # (C',), (C,)
+            uu, inv_u = np.unique(u, return_inverse=True)  # (B',), (B,) distinct users
+            n, offs = self._offsets(uu)  # (B',), (P',)
+            W = len(uniq) + 1  # bitmap row: the C' candidates, then a column for the misses
             self._col[uniq] = np.arange(len(uniq))
-            col = self._col[pos]  # (P,) the pair's distinct-candidate column, or -1
+            flat = self._col[self._indices[offs]]  # (P',) the pair's distinct-candidate column, or -1
             self._col[uniq] = -1
-            hit = col >= 0
-            m = np.zeros((B, len(uniq)), dtype=bool)
-            m[rows[hit], col[hit]] = True
-            out = m[:, inv]  # (B, C)
-        elif B * self.N <= self.bitmap_limit:
+            # flat index in the (B', W) bitmap; a miss (-1) lands in the previous row's last column
+            # (row 0's in the last row's), which is never read
+            flat += np.repeat(np.arange(len(uu)) * W, n)
+            m = np.zeros(len(uu) * W, dtype=bool)
+            m[flat] = True
+            out = m.reshape(len(uu), W).take(inv_u, axis=0).take(inv, axis=1)  # (B, C)
+            return torch.from_numpy(out).to(users.device)
+        rows, pos = self._pairs(u)  # (P,), (P,)
+        if B * self.N <= self.bitmap_limit:
             m = np.zeros((B, self.N), dtype=bool)
             m[rows, pos] = True
             out = np.take_along_axis(m, it, axis=1)  # (B, C)
@@ -123,12 +136,43 @@ def head_logs(temperature, pos_logit, neg_logit, accidental_hit_rate, effective_
     return {**{k: torch.as_tensor(v).detach() for k, v in zip(LOG_KEYS, values)}, **extra}
 
 
+class LazyLogs(Mapping):
+    """A head's diagnostics, computed (under ``torch.no_grad``) when first read: the training
+    loop reads them on logging steps only (every ``log_every_n_steps``), and on a (B, C) block
+    of candidates they cost as much as a tenth to a fifth of an in-batch step. Reading them
+    any time after the head's forward gives the values an eager computation would have (they
+    depend on the step's own scores and masks only, which nothing modifies in place)."""
+
+    def __init__(self, compute: Callable[[], dict]):
+        self._compute: Callable[[], dict] | None = compute
+        self._logs: dict | None = None
+
+    def _get(self) -> dict:
+        if self._logs is None:
+            with torch.no_grad():
+                self._logs = self._compute()
+            self._compute = None  # release the step's tensors
+        return self._logs
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return f"LazyLogs({self._get()!r})"
+
+
 @dataclass
 class HeadOutput:
     """A head's loss and the diagnostics it logs (scalars)."""
 
     loss: torch.Tensor
-    logs: dict = field(default_factory=dict)
+    logs: Mapping = field(default_factory=dict)  # a dict, or LazyLogs computed when read
 
 
 class Head(nn.Module):
@@ -172,14 +216,19 @@ class Head(nn.Module):
         removed = hits if drop is None else (drop if hits is None else hits | drop)
         logits = corrected_logits(pos, neg, T, log_q_pos, log_q_neg, removed, hardest)  # (B, 1 + C)
         loss = F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
-        with torch.no_grad():
+
+        def logs() -> dict:  # run by LazyLogs when the logs are read
             kept = torch.isfinite(logits[:, 1:])  # (B, C') negatives that carry mass
             live = ~removed if removed is not None else torch.ones_like(neg, dtype=torch.bool)
             candidates = ~drop if drop is not None else torch.ones_like(neg, dtype=torch.bool)
             rate = torch.tensor(0.0, device=pos.device)
             if hits is not None:  # share of real candidates that were accidental hits
                 rate = (hits & candidates).sum().float() / candidates.sum().clamp(min=1)
-            logs = head_logs(T, pos.mean(), neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
-                             rate, kept.sum(1).float().mean())
-            logs.update(extra_logs or {})
-        return HeadOutput(loss, logs)
+            # masked_select: the elements of neg[live] in the same order (so the same mean), without
+            # boolean indexing's nonzero + index pass (~3x faster on a (1024, 1024) block)
+            neg_mean = neg.masked_select(live).mean() if live.any() else neg.new_tensor(float("nan"))
+            out = head_logs(T, pos.mean(), neg_mean, rate, kept.sum(1).float().mean())
+            out.update(extra_logs or {})
+            return out
+
+        return HeadOutput(loss, LazyLogs(logs))

@@ -96,6 +96,6 @@ class MultiLabelSigmoid(Head):
         loss = (F.softplus(-pos) + w * F.softplus(neg).sum(1)).mean()
         with torch.no_grad():
             live = ~hits  # (B, k) negatives that count
-            logs = head_logs(T, pos.mean(), neg[live].mean() if live.any() else neg.new_tensor(float("nan")),
-                             hits.float().mean(), live.sum(1).float().mean())
+            neg_mean = neg.masked_select(live).mean() if live.any() else neg.new_tensor(float("nan"))  # = neg[live]
+            logs = head_logs(T, pos.mean(), neg_mean, hits.float().mean(), live.sum(1).float().mean())
         return HeadOutput(loss, logs)
