@@ -4,8 +4,9 @@
     python -m bench.run_all --quick    # every benchmark in --quick mode
     python -m bench.run_all --only eval_speed,memory
 
-Each benchmark runs as ``python -m bench.<name>`` in its own process, one after another
-(never in parallel: they would time each other).
+Each benchmark runs as ``python -m bench.<module> [flags]`` in its own process, one after another
+(never in parallel: they would time each other); ``COMMANDS`` names the modes that are a flag
+of another module (``train_throughput_shipped`` = ``bench.train_throughput --shipped``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 
 from bench import common as C
 
-BENCHMARKS = ("train_throughput", "eval_speed", "hard_negative_overhead", "memory", "data_pipeline")
+BENCHMARKS = ("train_throughput", "train_throughput_shipped", "eval_speed", "hard_negative_overhead", "memory",
+              "data_pipeline", "time_to_quality")
+COMMANDS = {"train_throughput_shipped": ("train_throughput", ["--shipped"])}  # name -> (module, flags)
 
 
 def summary(out_dir: Path, quick: bool, walls: dict) -> str:
@@ -55,7 +58,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"unknown benchmark(s) {unknown}: valid names are {list(BENCHMARKS)}")
     walls, failed = {}, []
     for name in names:
-        cmd = [sys.executable, "-m", f"bench.{name}", "--threads", str(args.threads), "--out", args.out]
+        module, flags = COMMANDS.get(name, (name, []))
+        cmd = [sys.executable, "-m", f"bench.{module}", *flags, "--threads", str(args.threads), "--out", args.out]
         if args.quick:
             cmd.append("--quick")
         print(f"== {' '.join(cmd[1:])}", flush=True)
