@@ -175,9 +175,9 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
                 raise DataError(f"new item embeddings have dim {xn.shape[1]}, the catalogue {xb.shape[1]}. Fix: embed "
                                 "them with the same checkpoint (new_item_embeddings).")
             xb = np.ascontiguousarray(np.concatenate([xb, xn]), dtype=np.float32)
-            item_vocab = Vocab(np.concatenate([d.item_vocab.raw.to_numpy().astype(object), ids.astype(object)])
-                               if d.item_vocab.raw.dtype.kind not in "iu" or ids.dtype.kind not in "iu"
-                               else np.concatenate([d.item_vocab.raw.to_numpy(), ids]), name="item")
+            both_int = d.item_vocab.raw.dtype.kind in "iu" and ids.dtype.kind in "iu"  # else keep ids as objects
+            item_vocab = Vocab(np.concatenate([d.item_vocab.raw.to_numpy(), ids], dtype=None if both_int else object),
+                               name="item")
             seen = sp.hstack([seen, sp.csr_matrix((seen.shape[0], len(ids)), dtype=np.float32)]).tocsr()
             if feats is not None:
                 feats = feats + list(fn)
