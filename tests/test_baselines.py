@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recsys.data.recdata import binary_csr
 from recsys.errors import ConfigError, MissingDependency
-from recsys.eval.baselines import ALS, EASE, Popularity, make_baseline
+from recsys.eval.baselines import ALS, EASE, Popularity, _ease_float32_inplace, make_baseline
 from recsys.eval.evaluate import evaluate, evaluate_embeddings
 from tests.conftest import TINY
 
@@ -33,6 +34,21 @@ def test_ease_equals_per_item_ridge_with_zero_diagonal():
         A = Xd[:, o]
         b = np.linalg.solve(A.T @ A + lam * np.eye(N - 1), A.T @ Xd[:, j])
         np.testing.assert_allclose(B[o, j], b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("float64_items", [1000, 4])  # numpy float64, float32 in place (LAPACK)
+def test_ease_both_precisions_are_the_ridge_solution(float64_items):
+    X, lam = _random_binary(U=60, N=23, seed=3), 3.0
+    m = EASE(lambda_=lam, float64_items=float64_items).fit(X)
+    assert m.B.dtype == np.float32 and np.shares_memory(m.xb, m.B)  # xb is a view, no second copy
+    G = (X.T @ X).toarray().astype(np.float64) + lam * np.eye(23)
+    P = np.linalg.inv(G)
+    ref = -P / np.diag(P)[None, :]
+    ref[np.diag_indices(23)] = 0.0
+    np.testing.assert_allclose(m.B, ref, rtol=1e-4, atol=1e-5)  # both triangles filled
+    # the float32 path mirrors the triangle in row blocks: several blocks give the same B
+    np.testing.assert_array_equal(_ease_float32_inplace(binary_csr(X), lam, step=5),
+                                  _ease_float32_inplace(binary_csr(X), lam))
 
 
 def test_ease_topk_is_brute_force_with_seen_items_excluded():

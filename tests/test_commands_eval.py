@@ -240,7 +240,7 @@ def test_export_contents_and_faiss_index(export, last):
     ex = load_export(export)
     man = ex.manifest
     names = {"item_embeddings.npy", "user_embeddings.npy", "item_vocab.json", "user_vocab.json", "seen.npz",
-             "faiss.index", "query_tower.pt", "titles.json", "item_features.json"}
+             "faiss.index", "query_tower.npz", "query_tower.json", "titles.json", "item_features.json"}
     assert set(man["files"]) == names and set(p.name for p in export.iterdir()) == names | {"manifest.json"}
     assert set(man["versions"]) == {"recsys", "torch", "faiss", "numpy"}
     assert "val/ndcg@10" in man["metrics"] and man["dataset"] == "synthetic"

@@ -70,13 +70,18 @@ def test_compare_end_to_end(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["dataset_loads"] == 1  # one RecData shared by every run
     assert res["head_configs"] == {"inbatch": str(base.parent / "inbatch.yaml"), "full": str(base.parent / "full.yaml")}
+    # heads per seed; pop and EASE have no seed: deterministic, fitted once
     assert [(r["model"], r["seed"]) for r in res["runs"]] == [
-        (m, s) for m in ("inbatch", "full", "pop", "ease") for s in (0, 1)]
+        *((m, s) for m in ("inbatch", "full") for s in (0, 1)), ("pop", 0), ("ease", 0)]
     for r in res["runs"]:
         assert {"train_seconds", "peak_rss_mb", "ru_maxrss_mb", "test", "valid", "epochs"} <= set(r)
         assert {"recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@1"} <= set(r["test"])
         if r["kind"] == "head":
             assert r["epochs"] == 1 and r["checkpoint"].endswith(".ckpt") and r["peak_rss_mb"] > 0
+            clock = r["epoch_clock"]  # EpochClock: one validation epoch
+            assert [e["epoch"] for e in clock] == [0] and clock[0]["examples"] > 0
+            assert 0 < clock[0]["train_s"] <= clock[0]["elapsed_s"] == r["seconds_to_best"] <= r["train_seconds"]
+            assert r["examples_per_second"] == pytest.approx(clock[0]["examples"] / clock[0]["train_s"])
     assert res["runs"][-1]["params"]["lambda_"] == 50
     agg = res["aggregate"]
     assert set(agg) == {"inbatch", "full", "pop", "ease"}
@@ -87,7 +92,8 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert composed["model"]["head"]["init_args"]["temperature"] == 0.5
     assert composed["model"]["query_tower"]["init_args"]["dim"] == 8 and composed["data"]["batch_size"] == 128
     md = (out / "results.md").read_text()
-    assert "| model | recall@10 | ndcg@10 | recall@20 | ndcg@20 | train s | epochs | peak RSS MB | prior w |" in md
+    assert ("| model | recall@10 | ndcg@10 | recall@20 | ndcg@20 | train s | s to best | s / epoch | ex / s | epochs "
+            "| peak RSS MB | prior w |") in md
     assert all(f"| {m} |" in md and f"| {m} |" in printed for m in agg)
     for png in ("recall_at_k.png", "ndcg10_vs_time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -108,6 +114,8 @@ def test_baselines_are_tuned_on_validation_and_listed_once(tmp_path):
     best = max(trials, key=lambda t: t["ndcg@10"])
     assert tune["ease"]["chosen"]["lambda_"] == best["params"]["lambda_"]  # chosen on validation
     assert {r["params"]["lambda_"] for r in res["runs"] if r["model"] == "ease"} == {best["params"]["lambda_"]}
+    # the chosen point's tuning fit is the run's model (not fitted again)
+    assert [r["train_seconds"] for r in res["runs"] if r["model"] == "ease"] == [best["fit_seconds"]]
     # the run's own validation score of the chosen lambda is the tuning trial's (same fit, same split)
     ease_valid = [r["valid"]["ndcg@10"] for r in res["runs"] if r["model"] == "ease"]
     assert ease_valid[0] == pytest.approx(best["ndcg@10"])
@@ -119,3 +127,24 @@ def test_baselines_are_tuned_on_validation_and_listed_once(tmp_path):
           "--out", str(tmp_path / "fixed"), "--no-tune-baselines"])
     fixed = json.loads((tmp_path / "fixed" / "results.json").read_text())
     assert fixed["baseline_tuning"] == {} and fixed["runs"][0]["params"]["repr"] == "ease(lambda=500)"
+
+
+def test_best_head_gets_more_seeds_and_a_grid_can_be_replaced(tmp_path):
+    base = tmp_path / "cfg" / "base.yaml"
+    base.parent.mkdir()
+    base.write_text(yaml.safe_dump(BASE))
+    (base.parent / "inbatch.yaml").write_text(yaml.safe_dump(INBATCH))
+    (base.parent / "full.yaml").write_text(yaml.safe_dump(FULL))
+    out = tmp_path / "out"
+    main(["compare", "--config", str(base), "--heads", "inbatch,full", "--seeds", "1", "--best-head-seeds", "2",
+          "--baselines", "ease", "--baseline-grid", "ease.lambda_=5,500", "--max-epochs", "1", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    heads = [r for r in res["runs"] if r["kind"] == "head"]
+    first = {r["model"]: r["valid"]["ndcg@10"] for r in heads if r["seed"] == 0}
+    assert res["best_head"] == max(first, key=first.get)  # chosen on validation
+    assert [(r["model"], r["seed"]) for r in heads] == [("inbatch", 0), ("full", 0), (res["best_head"], 1)]
+    assert res["baseline_tuning"]["ease"]["grid"] == {"lambda_": [5, 500]}
+    assert [t["params"]["lambda_"] for t in res["baseline_tuning"]["ease"]["trials"]] == [5, 500]
+    with pytest.raises(ConfigError, match="baseline-grid"):
+        main(["compare", "--config", str(base), "--heads", "none", "--baselines", "ease",
+              "--baseline-grid", "ease.lambda_", "--out", str(out)])

@@ -448,23 +448,38 @@ class _Boom:
         return (print, ("this would run code",))
 
 
-def test_an_export_query_tower_holding_a_pickle_is_refused_unread(fitted, tmp_path):
+def _resign(exp, name):  # the attacker fixes the checksum in the manifest too
     import hashlib
 
-    import torch
+    man = json.loads((exp / "manifest.json").read_text())
+    man["files"][name]["sha256"] = hashlib.sha256((exp / name).read_bytes()).hexdigest()
+    (exp / "manifest.json").write_text(json.dumps(man))
 
+
+def test_an_export_query_tower_holding_a_pickle_or_a_foreign_class_is_refused_unread(fitted, tmp_path, capsys):
     from recsys.artifacts.export import load_query_tower
 
     _, ckpt = fitted
     exp = tmp_path / "exp"
     main(["export", "--ckpt", str(ckpt), "--out", str(exp)])
-    assert load_query_tower(exp).bag_emb is not None  # a clean export loads (weights_only=True)
-    torch.save({"state_dict": {}, "config": "", "schema": {}, "x": _Boom()}, exp / "query_tower.pt")
-    man = json.loads((exp / "manifest.json").read_text())  # the attacker fixes the checksum too
-    man["files"]["query_tower.pt"]["sha256"] = hashlib.sha256((exp / "query_tower.pt").read_bytes()).hexdigest()
-    (exp / "manifest.json").write_text(json.dumps(man))
+    assert load_query_tower(exp).bag_emb is not None  # a clean export loads
+    good = (exp / "query_tower.npz").read_bytes()
+    with np.load(exp / "query_tower.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(exp / "query_tower.npz", **arrays, x=np.array([_Boom()], dtype=object))  # a pickled object
+    _resign(exp, "query_tower.npz")
     with pytest.raises(DataError, match="refused unread"):
         load_query_tower(exp)
+    (exp / "query_tower.npz").write_bytes(good)
+    _resign(exp, "query_tower.npz")
+    desc = json.loads((exp / "query_tower.json").read_text())
+    desc["config"] = desc["config"].replace("class_path: recsys.QueryTower", "class_path: os.system")
+    assert "os.system" in desc["config"]
+    (exp / "query_tower.json").write_text(json.dumps(desc))
+    _resign(exp, "query_tower.json")
+    with pytest.raises(ConfigError, match="class_path 'os.system' is not allowed"):
+        load_query_tower(exp)
+    assert "this would run code" not in capsys.readouterr().out
 
 
 def test_a_checkpoint_naming_a_foreign_class_or_holding_a_pickle_is_refused(fitted, tmp_path, capsys):

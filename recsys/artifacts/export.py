@@ -7,7 +7,10 @@ Export folder, every file listed with its sha256 in ``manifest.json``:
     item_vocab.json      raw item id <-> row (``Vocab.save``); user_vocab.json likewise
     seen.npz             (U, N) CSR of the train + valid items of each user (never recommended)
     faiss.index          inner-product FAISS index over item_embeddings (faiss.write_index)
-    query_tower.pt       query tower state_dict + the fit config + the schema to rebuild it
+    query_tower.npz      query tower weights (``state/<name>``) and the schema's arrays
+                         (``schema/<field>``): plain numeric arrays, read with allow_pickle=False
+    query_tower.json     the tower's description: the fit config (class_path / init_args, each
+                         checked against the allow-list when read) and the schema's other fields
     titles.json          (N,) item titles, when the dataset has them
     item_features.json   (N,) each item's feature tokens (display only), when it has features
 
@@ -35,10 +38,11 @@ from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
 from recsys.schema import Schema
 
-__all__ = ["query_embeddings", "Export", "write_export", "load_export", "load_query_tower", "FORMAT"]
+__all__ = ["query_embeddings", "Export", "write_export", "load_export", "write_query_tower", "load_query_tower",
+           "FORMAT"]
 
 logger = logging.getLogger(__name__)
-FORMAT = "recsys-export/1"
+FORMAT = "recsys-export/2"  # 2: the query tower as npz + JSON (no pickle anywhere)
 
 
 def query_embeddings(query_tower, data, users: np.ndarray, max_history: int, batch_size: int = 4096) -> np.ndarray:
@@ -148,7 +152,6 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
     catalogue (never seen by any user).
     """
     import faiss
-    import torch
 
     from recsys.retrieval import make_retriever
 
@@ -196,11 +199,7 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
         name = "flat" if index == "exact" else index
         retriever = make_retriever(name, **(index_params or {})).build(xb)
         faiss.write_index(retriever.index, str(tmp / "faiss.index"))
-        # plain tensors, str and numbers only: load_query_tower reads it with weights_only=True
-        schema = {f.name: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
-                  for f in dataclasses.fields(Schema) for v in [getattr(model.schema, f.name)]}
-        torch.save({"state_dict": model.query_tower.state_dict(), "config": meta.config, "schema": schema},
-                   tmp / "query_tower.pt")
+        write_query_tower(model.query_tower, model.schema, meta.config, tmp)
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = {
             "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(meta.path),
@@ -260,25 +259,52 @@ def load_export(folder) -> Export:
                   Vocab.load(folder / "user_vocab.json"), sp.load_npz(folder / "seen.npz").tocsr(), titles, feats)
 
 
+def write_query_tower(tower, schema: Schema, config: str, folder: Path) -> None:
+    """``query_tower.npz`` (weights and the schema's arrays, numeric only) and
+    ``query_tower.json`` (the fit config and the schema's other fields) in ``folder``."""
+    arrays = {f"state/{k}": v.detach().cpu().numpy() for k, v in tower.state_dict().items()}
+    scalars = {}
+    for f in dataclasses.fields(Schema):
+        v = getattr(schema, f.name)
+        if isinstance(v, np.ndarray):
+            arrays[f"schema/{f.name}"] = np.ascontiguousarray(v)
+        else:
+            scalars[f.name] = [str(x) for x in v] if f.name.endswith("_names") else (
+                [int(x) for x in v] if isinstance(v, (list, tuple)) else v)
+    np.savez(folder / "query_tower.npz", **arrays)
+    (folder / "query_tower.json").write_text(json.dumps(
+        {"format": "recsys-query-tower/1", "config": config, "schema": scalars,
+         "state_keys": list(tower.state_dict())}, indent=1))
+
+
 def load_query_tower(folder):
-    """Rebuild the query tower of an export folder (class and settings from the stored fit
-    config, ``recsys.artifacts.config.build_query_tower``; weights loaded)."""
+    """Rebuild the query tower of an export folder: its class and settings from the stored fit
+    config (``recsys.artifacts.config.build_query_tower``, class paths checked against the
+    allow-list), its weights from ``query_tower.npz``. Nothing read can run code: the arrays
+    are loaded with ``allow_pickle=False`` and the description is JSON."""
     import torch
     import yaml
 
     from recsys.artifacts.config import build_query_tower, upgrade_class_paths
 
     load_export(folder)  # checksums
-    path = Path(folder) / "query_tower.pt"
-    try:  # tensors and plain containers only: an export never runs code when it is read
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for anything but tensors / containers
-        raise DataError(f"{str(path)!r} holds more than tensors and plain values ({type(e).__name__}); it is refused "
-                        "unread, since loading arbitrary pickles can run code. Fix: re-export the checkpoint with "
-                        "this recsys version (`recsys export --force`).") from e
-    model_cfg = yaml.safe_load(upgrade_class_paths(blob["config"]))["model"]
-    schema = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in blob["schema"].items()}
+    folder = Path(folder)
+    npz, desc_path = folder / "query_tower.npz", folder / "query_tower.json"
+    if not (npz.is_file() and desc_path.is_file()):
+        raise DataError(f"export {str(folder)!r} has no query_tower.npz / query_tower.json, so a new user's history "
+                        "cannot be embedded. Fix: re-export the checkpoint with this recsys version "
+                        "(`recsys export --force`).")
+    try:  # numeric arrays only: an object array would need pickle, which is refused unread
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        raise DataError(f"{str(npz)!r} holds more than numeric arrays ({e}); it is refused unread, since loading "
+                        "pickled objects can run code. Fix: re-export the checkpoint (`recsys export --force`).") from e
+    desc = json.loads(desc_path.read_text())
+    model_cfg = yaml.safe_load(upgrade_class_paths(desc["config"]))["model"]
+    schema = {**desc["schema"], **{k[len("schema/"):]: v for k, v in arrays.items() if k.startswith("schema/")}}
     tower = build_query_tower({"query_tower": model_cfg["query_tower"]} if model_cfg.get("query_tower") else {},
                               Schema(**schema))
-    tower.load_state_dict(blob["state_dict"])
+    state = {k[len("state/"):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("state/")}
+    tower.load_state_dict(state)
     return tower.eval()

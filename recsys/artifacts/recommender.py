@@ -97,7 +97,7 @@ class Recommender:
     def from_export(cls, folder) -> Recommender:
         e = load_export(folder)
         n_trained = int(e.manifest.get("n_trained_items", e.item_embeddings.shape[0]))  # before export --items
-        tower_file = e.folder / "query_tower.pt"
+        tower_file = e.folder / "query_tower.npz"
         hist = None
         if tower_file.is_file():
             cache: dict = {}

@@ -177,6 +177,7 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict
         res = {s: evaluate(cli.model, cli.datamodule, s, ks).metrics for s in ("test", "valid")}
     score = ck.best_model_score if ck is not None else None
     rec = {"train_seconds": secs, "epochs": int(cli.trainer.current_epoch), "best_epoch": best_epoch,
+           **clock_record(cli.trainer, best_epoch),
            "checkpoint": best or None,
            "prior_weight": cli.model.served_prior_weight,
            "best_val_ndcg@10": None if score is None else float(score),
@@ -184,42 +185,73 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict
     return rec, cli.datamodule.data
 
 
-def tune_baseline(name: str, fixed: dict, seed: int, data, metric: str = "ndcg@10") -> dict:
-    """Fit ``name`` at every point of its ``BASELINE_GRIDS`` grid (settings in ``fixed`` held)
-    on train and score validation only; returns {grid, trials [(params, score)], chosen}."""
+def clock_record(trainer, best_epoch: int | None) -> dict:
+    """From the fit's ``EpochClock``: the per-epoch clock, the wall time to the end of the
+    best epoch's validation (``seconds_to_best``), the mean training seconds per epoch and the
+    training examples per second (validation excluded)."""
+    from recsys.train.callbacks import EpochClock
+
+    clock = next((c for c in trainer.callbacks if isinstance(c, EpochClock)), None)
+    if clock is None or not clock.epochs:
+        return {}
+    ep = clock.epochs
+    best = next((e for e in ep if e["epoch"] == best_epoch), None)
+    last = ep[-1]
+    return {"epoch_clock": ep, "seconds_to_best": best and best["elapsed_s"],
+            "epoch_train_seconds": last["train_s"] / len(ep),
+            "examples_per_second": last["examples"] / last["train_s"] if last["train_s"] > 0 else None}
+
+
+def tune_baseline(name: str, fixed: dict, seed: int, data, metric: str = "ndcg@10",
+                  grid: dict | None = None) -> tuple[dict, object, dict]:
+    """Fit ``name`` at every point of its grid (``grid``, else ``BASELINE_GRIDS[name]``; settings
+    in ``fixed`` held) on train and score validation only. Returns ({grid, trials [(params,
+    score, fit seconds)], chosen, metric}, the fitted model of the chosen point, its PeakRSS
+    dict): only the best model so far is kept, so an N x N model is held at most twice."""
     import itertools
 
     from recsys.eval.baselines import BASELINES, make_baseline
     from recsys.eval.evaluate import evaluate
 
-    grid = {k: v for k, v in BASELINE_GRIDS.get(name, {}).items() if k not in fixed}
+    grid = {k: v for k, v in (grid if grid is not None else BASELINE_GRIDS.get(name, {})).items() if k not in fixed}
     if not grid:
-        return {"grid": {}, "trials": [], "chosen": dict(fixed), "metric": metric}
-    trials = []
+        return {"grid": {}, "trials": [], "chosen": dict(fixed), "metric": metric}, None, {}
+    trials, best = [], (None, None, {})  # (score, model, mem)
     for values in itertools.product(*grid.values()):
         kw = {**fixed, **dict(zip(grid, values))}
         if "seed" in inspect.signature(BASELINES[name]).parameters:
             kw.setdefault("seed", seed)
-        score = evaluate(make_baseline(name, **kw).fit(data), data, "valid", (10,)).metrics[metric]
-        trials.append({"params": dict(zip(grid, values)), metric: score})
-        _say(f"compare: tune {name} {dict(zip(grid, values))}: valid {metric} {score:.4f}")
-    best = max(trials, key=lambda t: t[metric])  # first of equal scores: grid order
-    return {"grid": grid, "trials": trials, "chosen": {**fixed, **best["params"]}, "metric": metric}
+        with PeakRSS() as mem:
+            model = make_baseline(name, **kw).fit(data)
+            score = evaluate(model, data, "valid", (10,)).metrics[metric]
+        trials.append({"params": dict(zip(grid, values)), metric: score, "fit_seconds": model.fit_seconds})
+        _say(f"compare: tune {name} {dict(zip(grid, values))}: valid {metric} {score:.4f} "
+             f"(fit {model.fit_seconds:.1f}s)")
+        if best[0] is None or score > best[0]:  # first of equal scores: grid order
+            best = (score, model, mem.as_dict())
+        del model
+    top = max(trials, key=lambda t: t[metric])
+    return ({"grid": grid, "trials": trials, "chosen": {**fixed, **top["params"]}, "metric": metric},
+            best[1], best[2])
 
 
-def fit_baseline(name: str, params: dict, seed: int, data, ks: tuple[int, ...]) -> dict:
-    """Fit one baseline on ``data.train`` and score test and validation."""
+def fit_baseline(name: str, params: dict, seed: int, data, ks: tuple[int, ...], model=None,
+                 mem: dict | None = None) -> dict:
+    """Fit one baseline on ``data.train`` (or take ``model``, already fitted with these settings
+    and seed while tuning, and its PeakRSS dict ``mem``) and score test and validation."""
     from recsys.eval.baselines import BASELINES, make_baseline
     from recsys.eval.evaluate import evaluate
 
     kw = dict(params)
     if "seed" in inspect.signature(BASELINES[name]).parameters:
         kw.setdefault("seed", seed)
-    with PeakRSS() as mem:
-        model = make_baseline(name, **kw).fit(data)
+    with PeakRSS() as meter:
+        model = model if model is not None else make_baseline(name, **kw).fit(data)
         res = {s: evaluate(model, data, s, ks).metrics for s in ("test", "valid")}
-    return {"train_seconds": model.fit_seconds, "epochs": None, "params": {**kw, "repr": repr(model)},
-            **mem.as_dict(), **res}
+    m = meter.as_dict()
+    if mem:  # the fit ran while tuning: its memory is the larger of the two blocks
+        m = {k: max(v, mem.get(k, v)) if isinstance(v, float) and math.isfinite(v) else v for k, v in m.items()}
+    return {"train_seconds": model.fit_seconds, "epochs": None, "params": {**kw, "repr": repr(model)}, **m, **res}
 
 
 # ---- aggregation and output ---------------------------------------------------------------
@@ -239,7 +271,7 @@ def aggregate(runs: list[dict]) -> dict:
         for split in ("test", "valid"):
             agg[split] = {k: s for k in rs[0][split] if (s := _stat([r[split].get(k) for r in rs]))}
         for k in ("train_seconds", "epochs", "peak_rss_mb", "ru_maxrss_mb", "gpu_peak_mb", "best_val_ndcg@10",
-                  "prior_weight"):
+                  "prior_weight", "seconds_to_best", "epoch_train_seconds", "examples_per_second"):
             if (s := _stat([r.get(k) for r in rs])) is not None:
                 agg[k] = s
         out[model] = agg
@@ -247,9 +279,13 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def results_table(agg: dict) -> str:
-    """model | R@10 | N@10 | R@20 | N@20 (mean±std over seeds) | train s | epochs | peak MB | prior w.
+    """model | R@10 | N@10 | R@20 | N@20 (mean±std over seeds) | train s | s to best | s / epoch |
+    ex / s | epochs | peak MB | prior w.
 
-    ``prior w``: the popularity-prior weight chosen on validation (``prior_grid``), mean over seeds.
+    ``s to best``: wall time from the start of the fit to the end of the best epoch's
+    validation; ``s / epoch`` and ``ex / s``: training only (validation excluded);
+    ``prior w``: the popularity-prior weight chosen on validation (``prior_grid``); all means
+    over seeds.
     """
     def ms(s, digits):
         return None if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
@@ -258,10 +294,14 @@ def results_table(agg: dict) -> str:
     for model, a in agg.items():
         row = {"model": model, **{m: ms(a["test"].get(m), 4) for m in TABLE}}
         t, ep, mb, pw = (a.get(k) for k in ("train_seconds", "epochs", "peak_rss_mb", "prior_weight"))
-        row.update({"train s": ms(t, 1), "epochs": ep and f"{ep['mean']:.1f}",
+        tb, es, xs = (a.get(k) for k in ("seconds_to_best", "epoch_train_seconds", "examples_per_second"))
+        row.update({"train s": ms(t, 1), "s to best": tb and f"{tb['mean']:.0f}",
+                    "s / epoch": es and f"{es['mean']:.1f}", "ex / s": xs and f"{xs['mean']:,.0f}",
+                    "epochs": ep and f"{ep['mean']:.1f}",
                     "peak RSS MB": mb and f"{mb['mean']:.0f}", "prior w": pw and f"{pw['mean']:.2g}"})
         rows.append(row)
-    return markdown_table(rows, ["model", *TABLE, "train s", "epochs", "peak RSS MB", "prior w"])
+    return markdown_table(rows, ["model", *TABLE, "train s", "s to best", "s / epoch", "ex / s", "epochs",
+                                 "peak RSS MB", "prior w"])
 
 
 def curve_ks(ks: list[int], n_items: int) -> tuple[int, ...]:
@@ -287,6 +327,27 @@ def _parse_seeds(text: str) -> list[int]:
     return list(range(int(text)))
 
 
+def best_by_validation(runs: list[dict], metric: str = "ndcg@10") -> str:
+    """The head whose runs have the highest mean validation ``metric`` (test never looked at)."""
+    heads: dict[str, list[float]] = {}
+    for r in runs:
+        if r["kind"] == "head":
+            heads.setdefault(r["model"], []).append(r["valid"][metric])
+    return max(heads, key=lambda h: float(np.mean(heads[h])))
+
+
+def _parse_grids(items: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        name, dot, arg = key.partition(".")
+        values = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        if not (sep and dot and name and arg and values):
+            raise ConfigError(f"--baseline-grid {it!r}: need NAME.ARG=V1,V2,... Fix: e.g. ease.lambda_=250,1000,4000.")
+        out.setdefault(name, {})[arg] = values
+    return out
+
+
 def _parse_params(items: list[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for it in items:
@@ -307,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", default="pop,ease,als", help="comma list of pop,ease,als or 'none'")
     p.add_argument("--baseline-param", nargs="*", default=[], metavar="NAME.ARG=VALUE",
                    help="baseline arguments, e.g. ease.lambda_=1000 als.alpha=5 (fixed: not tuned)")
+    p.add_argument("--baseline-grid", nargs="*", default=[], metavar="NAME.ARG=V1,V2,...",
+                   help="replace a baseline's validation grid for one setting, e.g. ease.lambda_=250,1000,4000 "
+                        "(default grids: recsys.commands.compare.BASELINE_GRIDS)")
+    p.add_argument("--best-head-seeds", type=int, default=None, metavar="S",
+                   help="after every head ran on --seeds, train the head with the best mean validation "
+                        "NDCG@10 on seeds 0..S-1 too (e.g. --seeds 1 --best-head-seeds 3)")
     p.add_argument("--no-tune-baselines", action="store_true",
                    help="keep the baselines' default settings instead of tuning them on validation")
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<timestamp>)")
@@ -316,10 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, runs) -> tuple[dict, object]:
+def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, runs,
+              data=None) -> tuple[dict, object]:
     """Train every (head, seed) on ``base + head file + run overrides``; append records to
-    ``runs``; return (head config sources, data)."""
-    sources, data = {}, None
+    ``runs``; return (head config sources, data). ``data``: the RecData earlier runs loaded
+    (every run must load that same one)."""
+    sources = {}
     for head in heads:
         head_args, sources[head] = head_source(head, folder)
         for seed in seeds:
@@ -340,15 +409,20 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
     return sources, data
 
 
-def run_baselines(baselines, seeds, params, data, ks_req, runs, tune: bool = True, tuning: dict | None = None) -> dict:
-    """Tune (on validation, seed ``seeds[0]``) and fit every (baseline, seed) on ``data``;
-    append records to ``runs`` and the tuning to ``tuning``; return skipped ones."""
+def run_baselines(baselines, seeds, params, data, ks_req, runs, tune: bool = True, tuning: dict | None = None,
+                  grids: dict | None = None) -> dict:
+    """Tune (on validation, seed ``seeds[0]``; ``grids`` replaces ``BASELINE_GRIDS`` per name) and
+    fit every (baseline, seed) on ``data``; append records to ``runs`` and the tuning to
+    ``tuning``; return skipped ones. A baseline without a seed (pop, EASE) is deterministic: it
+    is fitted once. The chosen point's tuning fit is reused for ``seeds[0]``."""
+    from recsys.eval.baselines import BASELINES
+
     skipped = {}
     for name in baselines:
-        chosen = params.get(name, {})
+        chosen, model, mem = params.get(name, {}), None, {}
         if tune:
             try:
-                t = tune_baseline(name, dict(chosen), seeds[0], data)
+                t, model, mem = tune_baseline(name, dict(chosen), seeds[0], data, grid=(grids or {}).get(name))
             except (ConfigError, MissingDependency) as e:
                 logger.warning("compare: skipping baseline %s: %s", name, e)
                 skipped[name] = str(e)
@@ -356,9 +430,11 @@ def run_baselines(baselines, seeds, params, data, ks_req, runs, tune: bool = Tru
             chosen = t["chosen"]
             if tuning is not None and t["grid"]:
                 tuning[name] = t
-        for seed in seeds:
+        seeded = "seed" in inspect.signature(BASELINES[name]).parameters
+        for seed in seeds if seeded else seeds[:1]:
             try:
-                rec = fit_baseline(name, chosen, seed, data, curve_ks(ks_req, data.n_items))
+                rec = fit_baseline(name, chosen, seed, data, curve_ks(ks_req, data.n_items),
+                                   *((model, mem) if seed == seeds[0] else (None, None)))
             except (ConfigError, MissingDependency) as e:  # e.g. implicit missing, EASE over max_items
                 logger.warning("compare: skipping baseline %s: %s", name, e)
                 skipped[name] = str(e)
@@ -366,6 +442,7 @@ def run_baselines(baselines, seeds, params, data, ks_req, runs, tune: bool = Tru
             runs.append({"model": name, "kind": "baseline", "seed": seed, **rec})
             _say(f"compare: {rec['params']['repr']} seed {seed}: {rec['train_seconds']:.1f}s, "
                  f"test ndcg@10 {rec['test']['ndcg@10']:.4f}")
+        model = None
     return skipped
 
 
@@ -377,10 +454,11 @@ def tuning_md(tuning: dict) -> str:
     for name, t in tuning.items():
         metric = t["metric"]
         rows = [{**tr["params"], f"valid {metric}": f"{tr[metric]:.4f}",
+                 "fit s": f"{tr['fit_seconds']:.1f}" if tr.get("fit_seconds") is not None else None,
                  "chosen": "yes" if all(t["chosen"].get(k) == v for k, v in tr["params"].items()) else ""}
                 for tr in t["trials"]]
         parts.append(f"\n`{name}`: grid {t['grid']}; chosen {t['chosen']}\n\n"
-                     + markdown_table(rows, [*t["grid"], f"valid {metric}", "chosen"]) + "\n")
+                     + markdown_table(rows, [*t["grid"], f"valid {metric}", "fit s", "chosen"]) + "\n")
     return "".join(parts)
 
 
@@ -434,17 +512,25 @@ def main(argv: list[str]) -> None:
     t_all = time.perf_counter()
     with shared_cache() as cache:  # every run's DataModule gets the same RecData
         sources, data = run_heads(heads, seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs)
+        best_head = None
+        if a.best_head_seeds and heads:
+            best_head = best_by_validation(runs)
+            more = [s for s in range(a.best_head_seeds) if s not in seeds]
+            _say(f"compare: best head on validation NDCG@10: {best_head}; more seeds {more}")
+            run_heads([best_head], more, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data)
         if data is None:  # baselines only: the data of the base config
             run = out / "configs" / "data.run.yaml"
             run.write_text(yaml.safe_dump(run_overrides(seeds[0], out / "runs" / "data", None), sort_keys=False))
             data = make_cli(["--config", str(base_path), "--config", str(run), *extra]).datamodule.data
         tuning: dict = {}
-        skipped = run_baselines(baselines, seeds, params, data, ks_req, runs, not a.no_tune_baselines, tuning)
+        skipped = run_baselines(baselines, seeds, params, data, ks_req, runs, not a.no_tune_baselines, tuning,
+                                _parse_grids(a.baseline_grid))
         n_loads = len(cache)
 
     report = {
         "config": str(base_path), "heads": heads, "head_configs": sources, "baselines": baselines,
-        "baseline_params": params, "baseline_tuning": tuning, "skipped": skipped, "seeds": seeds,
+        "baseline_params": params, "baseline_grids": _parse_grids(a.baseline_grid), "baseline_tuning": tuning,
+        "best_head": best_head, "best_head_seeds": a.best_head_seeds, "skipped": skipped, "seeds": seeds,
         "ks": list(curve_ks(ks_req, data.n_items)),
         "extra_args": extra, "max_epochs": a.max_epochs, "dataset": data.stats(), "dataset_loads": n_loads,
         "wall_seconds": time.perf_counter() - t_all,

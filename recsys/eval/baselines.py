@@ -28,6 +28,8 @@ import scipy.sparse as sp
 from recsys.data.recdata import RecData, binary_csr
 from recsys.errors import ConfigError, DataError, missing_dependency
 from recsys.retrieval import ExactRetriever
+from recsys.retrieval.base import _pad
+from recsys.retrieval.exact import topk_block
 
 __all__ = ["Baseline", "Popularity", "EASE", "ALS", "BASELINES", "make_baseline"]
 
@@ -42,6 +44,7 @@ class Baseline(ABC):
     """
 
     name = "baseline"
+    sparse_scores = False  # True: topk ranks ``scores(users)`` (e.g. a sparse row times a dense matrix)
 
     def __init__(self) -> None:
         self.xb: np.ndarray | None = None  # (N, D) float32 item side of the score
@@ -61,7 +64,8 @@ class Baseline(ABC):
         t = time.perf_counter()
         self._fit(X)
         self.fit_seconds = time.perf_counter() - t
-        self.xb = np.ascontiguousarray(self.xb, dtype=np.float32)
+        # an item-item model keeps xb a view of its (N, N) matrix: no second N x N copy
+        self.xb = (np.asarray if self.sparse_scores else np.ascontiguousarray)(self.xb, dtype=np.float32)
         logger.info("%s fit on U=%d N=%d nnz=%d: %.2f s", self, *X.shape, X.nnz, self.fit_seconds)
         return self
 
@@ -90,13 +94,28 @@ class Baseline(ABC):
                     f"exclude has shape {exclude.shape}: it needs one row per user, "
                     f"(Q={len(users)}, N={self.xb.shape[0]}). Fix: pass data.seen(split)[users]."
                 )
-        retriever = ExactRetriever().build(self.xb)  # its own query blocks, in parallel
         I = np.empty((len(users), k), dtype=np.int64)
+        if self.sparse_scores:  # (chunk, N) score blocks, seen items set to -inf, top-k per row
+            for q0 in range(0, len(users), chunk):
+                q1 = min(q0 + chunk, len(users))
+                S = self.scores(users[q0:q1])  # (q, N)
+                if exclude is not None:
+                    ex = exclude[q0:q1].tocoo()
+                    S[ex.row, ex.col] = -np.inf
+                kk = min(k, S.shape[1])
+                _, I[q0:q1, :kk] = _pad(*topk_block(S, kk))  # excluded (-inf) -> id -1
+                I[q0:q1, kk:] = -1
+            return I
+        retriever = ExactRetriever().build(self.xb)  # its own query blocks, in parallel
         for q0 in range(0, len(users), chunk):
             q1 = min(q0 + chunk, len(users))
             ex = None if exclude is None else exclude[q0:q1]
             _, I[q0:q1] = retriever.search(self.query_vectors(users[q0:q1]), k, exclude=ex)
         return I
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        """(Q, N) float32 scores of ``users``: ``query_vectors(users) @ xb.T``."""
+        return self.query_vectors(users) @ self.xb.T
 
     def __repr__(self) -> str:
         return self.name
@@ -119,49 +138,103 @@ class EASE(Baseline):
     """EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019).
 
     An item-item linear model B (N, N) with zero diagonal, min ||X - X B||^2 + lambda ||B||^2
-    subject to diag(B) = 0, in closed form (float64):
+    subject to diag(B) = 0, in closed form:
 
         G = X^T X + lambda I,   P = G^-1,   B_ij = -P_ij / P_jj  (i != j),   B_jj = 0
 
-    Column j is the ridge regression of item j on all other items. Scores are X[u] B.
-    Memory: G, P and B are N x N, so ``max_items`` guards against catalogues where that
-    does not fit (N = 20k already needs ~10 GB in float64).
+    Column j is the ridge regression of item j on all other items. Scores are X[u] B, computed
+    as a sparse row times B (nnz(X[u]) rows of B summed), never as a dense (Q, N) @ (N, N).
+
+    Precision and memory: up to ``float64_items`` items G is inverted in float64 with numpy
+    (three N x N float64 matrices: 10 GB at N = 20k). Above it, in float32 in place: one N x N
+    float32 buffer holds G, then its Cholesky factor and inverse (LAPACK ``spotrf`` /
+    ``spotri``), then B, so the fit needs ~4 N^2 bytes (6.7 GB at Gowalla's N = 41k) plus the
+    sparse co-occurrence; the cost is ~N^3 flops (~7 x 10^13 at N = 41k: 10-20 minutes on 2
+    cores). ``max_items`` guards against catalogues where that does not fit.
 
     Args:
         lambda_: L2 weight (Steck's choice for ML-20M: 500; best on ML-1M validation
             NDCG@10 under our protocol: 1000, within 0.001 of 500).
-        max_items: refuse N above this.
+        max_items: refuse N above this (50k: 10 GB in float32).
+        float64_items: largest N inverted in float64; above it float32 in place.
     """
 
     name = "ease"
+    sparse_scores = True  # scores = X[u] B from the sparse rows
 
-    def __init__(self, lambda_: float = 500.0, max_items: int = 20_000):
+    def __init__(self, lambda_: float = 500.0, max_items: int = 50_000, float64_items: int = 20_000):
         super().__init__()
         if lambda_ <= 0:
             raise ConfigError(f"EASE lambda_={lambda_}: need lambda_ > 0 (G must be invertible). Fix: e.g. 500.")
-        self.lambda_, self.max_items = float(lambda_), max_items
+        self.lambda_, self.max_items, self.float64_items = float(lambda_), max_items, float64_items
 
     def _fit(self, X):
         N = X.shape[1]
         if N > self.max_items:
             raise ConfigError(
-                f"EASE on N={N} items needs three {N}x{N} dense matrices "
-                f"(~{3 * 8 * N * N / 2**30:.1f} GiB): above max_items={self.max_items}. "
+                f"EASE on N={N} items needs a dense {N}x{N} matrix "
+                f"(~{self.memory_bytes(N) / 2**30:.1f} GiB): above max_items={self.max_items}. "
                 "Fix: use ALS or a two-tower head, or raise max_items if memory allows."
             )
-        G = (X.T @ X).toarray().astype(np.float64)  # (N, N) item co-occurrence
-        G[np.diag_indices(N)] += self.lambda_
-        P = np.linalg.inv(G)  # (N, N)
-        B = -P / np.diag(P)[None, :]  # (N, N) column j divided by P_jj
-        B[np.diag_indices(N)] = 0.0
-        self.B = B.astype(np.float32)
-        self.xb = self.B.T  # scores = X B: item j's vector is column j of B
+        if N <= self.float64_items:
+            G = (X.T @ X).toarray().astype(np.float64)  # (N, N) item co-occurrence
+            G[np.diag_indices(N)] += self.lambda_
+            P = np.linalg.inv(G)  # (N, N)
+            B = -P / np.diag(P)[None, :]  # (N, N) column j divided by P_jj
+            B[np.diag_indices(N)] = 0.0
+            self.B = B.astype(np.float32)
+        else:
+            self.B = _ease_float32_inplace(X, self.lambda_)
+        self.xb = self.B.T  # (N, N) view: item j's vector is column j of B
+
+    @staticmethod
+    def memory_bytes(n_items: int) -> int:
+        """Bytes of the dense matrices of a fit at ``n_items`` (float64 path: three N x N)."""
+        return 4 * n_items**2 if n_items > 20_000 else 3 * 8 * n_items**2
 
     def query_vectors(self, users):
         return self.train[users].toarray()  # (Q, N) binary train rows
 
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        """(Q, N) float32 scores X[users] B: the sparse rows times B (nnz(X[u]) x N per user)."""
+        return np.asarray(self.train[users] @ self.B, dtype=np.float32)
+
     def __repr__(self) -> str:
         return f"ease(lambda={self.lambda_:g})"
+
+
+def _ease_float32_inplace(X: sp.csr_matrix, lam: float, step: int = 2048) -> np.ndarray:
+    """EASE's B (N, N) float32 from X (U, N) in one N x N buffer: G = X^T X + lam I, its
+    Cholesky factor and inverse P in place (LAPACK spotrf / spotri on the upper triangle),
+    P symmetrised, then B = -P / diag(P) column-wise with a zero diagonal."""
+    from scipy.linalg import lapack
+
+    N = X.shape[1]
+    C = (X.T @ X).astype(np.float32).tocsr()  # (N, N) sparse co-occurrence
+    G = C.toarray()  # (N, N) float32, C order
+    del C
+    G[np.diag_indices(N)] += np.float32(lam)
+    # G is symmetric, so G.T (Fortran order, same memory) is G: LAPACK works on it in place
+    c, info = lapack.spotrf(G.T, lower=0, clean=0, overwrite_a=1)
+    if info != 0 or not np.shares_memory(c, G):
+        raise ConfigError(f"EASE lambda={lam:g}: the float32 Cholesky of X^T X + lambda I failed (info={info}). "
+                          "Fix: raise lambda_ (e.g. x10).")
+    p, info = lapack.spotri(c, lower=0, overwrite_c=1)
+    if info != 0 or not np.shares_memory(p, G):
+        raise ConfigError(f"EASE lambda={lam:g}: the float32 inverse failed (info={info}). Fix: raise lambda_.")
+    # the upper triangle of the Fortran view = the lower triangle of G (C order) holds P:
+    # mirror it into the upper triangle, ``step`` rows at a time
+    for r0 in range(0, N, step):
+        r1 = min(r0 + step, N)
+        blk = G[r0:r1, r0:]  # rows r0:r1, columns r0: (the upper part is stale, the lower valid)
+        blk[:, r1 - r0:] = G[r1:, r0:r1].T  # strictly right of the diagonal block
+        d = blk[:, : r1 - r0]
+        iu = np.triu_indices(r1 - r0, 1)
+        d[iu] = d.T[iu]
+    d = np.diag(G).copy()  # (N,) P_jj
+    G /= -d[None, :]  # B_ij = -P_ij / P_jj
+    G[np.diag_indices(N)] = 0.0
+    return G
 
 
 class ALS(Baseline):

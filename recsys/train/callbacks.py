@@ -1,5 +1,5 @@
-"""Lightning callbacks of the training loop: the RNG states in every checkpoint, and one
-warning when a fit ends without any validation.
+"""Lightning callbacks of the training loop: the RNG states in every checkpoint, one
+warning when a fit ends without any validation, and a clock of the epochs.
 
 (The hard-negative index refresh is the head's own callback, ``recsys.model.mining.MinerRefresh``,
 which ``TwoTowerModule.configure_callbacks`` adds.)"""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import numpy as np
 import torch
@@ -62,3 +63,52 @@ class NoValidationWarning(Callback):
         logger.warning("no validation ran in this fit (%s not logged): no best checkpoint was selected and "
                        "early stopping never checked; last.ckpt holds the final weights. Validate with "
                        "`recsys validate` or let the fit reach the end of an epoch.", self.monitor)
+
+
+class EpochClock(Callback):
+    """Wall time of the fit at the end of every validation epoch (sanity check excluded).
+
+    ``epochs`` is a list of {epoch, elapsed_s (since fit start, validation included),
+    train_s (elapsed less every validation, the sanity check's included), examples (training
+    examples seen)}; ``recsys compare`` reads it for the time to the best epoch and the
+    training speed. Kept in every checkpoint (``state_dict``), so a resumed fit continues
+    the clock.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+        self._t0 = self._tv = None
+        self._offset = self._val_s = self._val_prev = 0.0
+        self._examples = 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._t0, self._val_s = time.perf_counter(), 0.0
+        if self.epochs:  # resumed: continue from the stored clock
+            last = self.epochs[-1]
+            self._offset, self._examples = last["elapsed_s"], last["examples"]
+            self._val_prev = last["elapsed_s"] - last["train_s"]  # validation time before the resume
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if isinstance(batch, dict) and "item" in batch:
+            self._examples += len(batch["item"])
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._tv = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._t0 is None or self._tv is None:
+            return
+        now = time.perf_counter()
+        self._val_s += now - self._tv
+        if trainer.sanity_checking:
+            return
+        elapsed = self._offset + now - self._t0
+        self.epochs.append({"epoch": int(trainer.current_epoch), "elapsed_s": elapsed,
+                            "train_s": elapsed - self._val_prev - self._val_s,
+                            "examples": int(self._examples)})
+
+    def state_dict(self) -> dict:
+        return {"epochs": [dict(e) for e in self.epochs]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs = [dict(e) for e in (state or {}).get("epochs", [])]

@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from recsys.data.datamodule import InteractionDataModule
 from recsys.errors import ConfigError, RecsysError
 from recsys.model.module import TwoTowerModule
-from recsys.train.callbacks import NoValidationWarning, RngState
+from recsys.train.callbacks import EpochClock, NoValidationWarning, RngState
 from recsys.train.checkpoint_io import AtomicCheckpointIO, RecsysCheckpoint
 from recsys.train.resume import resolve_last
 
@@ -109,7 +109,7 @@ class RecsysCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        for cls in (RngState, NoValidationWarning):
+        for cls in (RngState, NoValidationWarning, EpochClock):
             if not any(isinstance(c, cls) for c in trainer.callbacks):
                 trainer.callbacks.append(cls())
         return trainer
