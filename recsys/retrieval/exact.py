@@ -11,7 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from recsys.errors import ConfigError
 from recsys.retrieval.base import Retriever, _pad, _sort_rows
@@ -20,6 +20,15 @@ from recsys.retrieval.keys import csr_rows
 __all__ = ["ExactRetriever", "topk_block"]
 
 logger = logging.getLogger(__name__)
+
+_BLAS: list[ThreadpoolController] = []  # one controller per process: building one inspects every loaded library
+
+
+def _blas() -> ThreadpoolController:
+    """The process's threadpoolctl controller (created once; ~1 ms each time otherwise)."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0]
 
 
 def _first_k(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, q: int, k: int):
@@ -126,9 +135,21 @@ class ExactRetriever(Retriever):
     def _build(self, xb: np.ndarray) -> None:
         self.xb = xb
 
+    def _pool(self, workers: int) -> ThreadPoolExecutor:
+        """The retriever's worker threads, started on the first parallel search and reused
+        (starting a pool costs ~3-5 ms, a hard-negative miner searches every step)."""
+        n, pool = getattr(self, "_executor", (0, None))
+        if n != workers:
+            if pool is not None:
+                pool.shutdown(wait=False)
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="recsys-exact")
+            self._executor = (workers, pool)
+        return pool
+
     def _search(self, xq, k, exclude):
         Q, N = xq.shape[0], self.N
-        blas = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+        ctl = _blas()
+        blas = [i["num_threads"] for i in ctl.info() if i.get("user_api") == "blas"]
         workers = max(1, self.threads or (max(blas) if blas else 1))
         w = max(1, min(self.item_chunk, N) // 16)  # pruning block width
         ic = w * max(1, min(self.item_chunk, N) // w)  # items per chunk, a multiple of w
@@ -148,13 +169,12 @@ class ExactRetriever(Retriever):
             D[q0:q1], I[q0:q1] = _pad(*_select(xq[q0:q1], self.xb, k, ic, w, ex, local.buf))
 
         starts = range(0, Q, qc)
-        with threadpool_limits(1, user_api="blas"):
+        with ctl.limit(limits=1, user_api="blas"):
             if workers == 1 or len(starts) == 1:
                 for q0 in starts:
                     work(q0)
             else:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(work, starts))  # list(): re-raise a worker's exception
+                list(self._pool(workers).map(work, starts))  # list(): re-raise a worker's exception
         logger.debug("exact: %d queries, %d per block, %d workers, chunks of %d items", Q, qc,
                      workers, ic)
         return D, I
