@@ -9,7 +9,7 @@ import yaml
 from recsys.commands.console import main
 from tests.conftest import HEAD_NAMES, REPO, SHARED, config_args
 
-DATASETS = ("synthetic", "ml-100k", "ml-1m")
+DATASETS = ("synthetic", "ml-100k", "ml-1m", "gowalla")
 RUNS = [(ds, h) for ds in DATASETS for h in HEAD_NAMES]
 TINY_ARGS = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4"]
 
@@ -21,7 +21,9 @@ def test_every_dataset_has_a_base_and_head_files_hold_only_the_head():
         assert "head" not in (yaml.safe_load((folder / "base.yaml").read_text())["model"])
         for h in HEAD_NAMES:
             cfg = yaml.safe_load((folder / f"{h}.yaml").read_text())
-            assert list(cfg) == ["model"] and list(cfg["model"]) == ["head"], (ds, h)
+            # the head, and at most an epoch cap (Gowalla's full-catalogue heads)
+            assert set(cfg) - {"trainer"} == {"model"} and list(cfg["model"]) == ["head"], (ds, h)
+            assert set(cfg.get("trainer", {})) <= {"max_epochs"}, (ds, h)
             assert cfg["model"]["head"]["class_path"].startswith("recsys.model.heads."), (ds, h)
 
 
@@ -114,3 +116,20 @@ def test_fit_on_your_own_csv_with_usual_column_names(tmp_path, capsys):
     main(["data", "stats", str(csv_path), "--k-core", "2"])
     out = capsys.readouterr().out
     assert "| dataset | events.csv |" in out and "| users | 120 |" in out
+
+
+def test_training_help_is_built_once_then_printed_from_the_cache(tmp_path, monkeypatch, capsys):
+    from recsys.commands.console import help_cache_path
+
+    monkeypatch.setenv("RECSYS_CACHE", str(tmp_path))
+    path = help_cache_path("validate")
+    assert not path.exists()
+    main(["validate", "--help"])  # a miss: LightningCLI builds the text, the console keeps it
+    built = capsys.readouterr().out
+    assert "--config CONFIG" in built and path.read_text() == built
+    path.write_text("cached help text\n")  # a hit prints the file, without Lightning
+    main(["validate", "--help"])
+    assert capsys.readouterr().out == "cached help text\n"
+    monkeypatch.setenv("RECSYS_CACHE", str(tmp_path / "other"))  # another key (folder): built again
+    main(["validate", "--help"])
+    assert capsys.readouterr().out == built

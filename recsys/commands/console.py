@@ -3,16 +3,27 @@
 
 Project errors (``RecsysError``) print one line and exit with code 2 on the console; called
 from Python (``main([...])``: tests, notebooks) they are raised.
+
+``recsys fit|validate|test|predict --help`` is LightningCLI's help, which needs Lightning and
+every class signature (~5 s). Its text depends only on the installed code, so the console keeps
+it in ``$RECSYS_CACHE`` (default ``~/.cache/recsys``) ``/help/<command>-<key>.txt``, the key a
+hash of the recsys, Lightning, jsonargparse and torch versions and of every recsys source
+file's size and mtime: the first call builds it, later ones print it (~0.1 s).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import sys
+from contextlib import redirect_stdout
+from pathlib import Path
 
 from recsys.commands import COMMANDS, run
 from recsys.errors import RecsysError
 
-__all__ = ["main", "console"]
+__all__ = ["main", "console", "help_cache_path"]
 
 _IS_CONSOLE = False
 TRAINING = ("fit", "validate", "test", "predict")  # LightningCLI's subcommands
@@ -47,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
 
             raise ConfigError(f"command {argv[0]!r} is unknown; valid: {[*TRAINING, *COMMANDS]}. Fix: pick one of "
                               "them (`recsys --help` lists what each does).")
+        if len(argv) == 2 and argv[1] in ("-h", "--help") and _cached_help(argv[0]):
+            return
         from recsys.train.cli import run_cli  # torch + Lightning only for the training commands
 
         run_cli(argv)
@@ -55,6 +68,55 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def help_cache_path(command: str) -> Path:
+    """Where ``recsys COMMAND --help``'s text is kept for the installed code (see the module doc)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256()
+    for pkg in ("recsys", "lightning", "jsonargparse", "torch"):
+        try:
+            h.update(f"{pkg}={version(pkg)};".encode())
+        except PackageNotFoundError:
+            h.update(f"{pkg}=none;".encode())
+    root = Path(__file__).resolve().parent.parent
+    for f in sorted(root.rglob("*.py")):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    base = Path(os.environ.get("RECSYS_CACHE") or Path.home() / ".cache" / "recsys")
+    return base / "help" / f"{command}-{h.hexdigest()[:16]}.txt"
+
+
+def _cached_help(command: str) -> bool:
+    """Print ``recsys COMMAND --help`` from the cache, building it on a miss; False when the
+    cache cannot be used (the caller then runs the CLI as usual)."""
+    try:
+        path = help_cache_path(command)
+        if path.is_file():
+            sys.stdout.write(path.read_text())
+            return True
+    except OSError:
+        return False
+    from recsys.train.cli import run_cli
+
+    buf = io.StringIO()
+    try:
+        with redirect_stdout(buf):
+            run_cli([command, "--help"])
+    except SystemExit as e:  # argparse's help exits 0 after printing
+        if e.code not in (0, None):
+            raise
+    text = buf.getvalue()
+    sys.stdout.write(text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return True
 
 
 def console() -> None:

@@ -170,7 +170,9 @@ def run_cli(argv: list[str]) -> RecsysCLI:
     """``recsys fit|validate|test|predict ...``: run LightningCLI on ``argv``; a value the
     parser rejects raises one ``ConfigError`` (``config_error``) instead of argparse's exit."""
     try:  # bad values raise (ArgumentError), turned into one ConfigError line below
-        return RecsysCLI(args=argv, parser_kwargs={"exit_on_error": False})
+        with warnings.catch_warnings():  # argv is sys.argv[1:] here: Lightning's "args and argv" note is noise
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            return RecsysCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except (ArgumentError, ValueError) as e:
         err = config_error(e)
         if err is None:
