@@ -32,6 +32,7 @@ _API = {
     "make_retriever": "recsys.retrieval",
     "evaluate": "recsys.eval.evaluate", "EvalResult": "recsys.eval.evaluate",
     "Popularity": "recsys.eval.baselines", "EASE": "recsys.eval.baselines", "ALS": "recsys.eval.baselines",
+    "OneVsRest": "recsys.eval.baselines",
     "QueryTower": "recsys.model.towers", "ItemTower": "recsys.model.towers",
     "FullSoftmax": "recsys.model.heads", "MultiLabelSigmoid": "recsys.model.heads",
     "SampledSoftmax": "recsys.model.heads", "InBatchSoftmax": "recsys.model.heads",

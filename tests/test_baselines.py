@@ -127,3 +127,49 @@ def test_evaluate_baseline_matches_score_on_the_same_embeddings(tiny_data, split
     models = (EASE(50.0).fit(d), Popularity().fit(d))
     ease, pop = (evaluate(m, d, split, ks).metrics["ndcg@10"] for m in models)
     assert ease > pop  # the planted clusters are learnable
+
+
+def _documents(n_docs=300, n_words=40, n_labels=6, seed=0):
+    """Documents whose label j is present exactly when word j is: a linear classifier's task."""
+    from recsys.data.recdata import RecData
+    from recsys.data.vocab import Vocab
+
+    rng = np.random.default_rng(seed)
+    words = (rng.random((n_docs, n_words)) < 0.2).astype(np.float32)
+    labels = words[:, :n_labels].copy()
+    labels[labels.sum(1) == 0, 0] = 1.0
+    words[:, 0] = np.maximum(words[:, 0], labels[:, 0])
+    test = np.arange(n_docs) >= int(0.8 * n_docs)
+    tr = sp.csr_matrix(labels * ~test[:, None])
+    te = sp.csr_matrix(labels * test[:, None])
+    empty = sp.csr_matrix((n_docs, n_labels), dtype=np.float32)
+    return RecData("docs", tr, empty, te, Vocab(np.arange(n_docs), name="document"),
+                   Vocab(np.arange(n_labels), name="label"), query_bags=sp.csr_matrix(words))
+
+
+@pytest.mark.parametrize("tfidf", [True, False])
+def test_one_vs_rest_learns_each_label_from_the_words(tfidf):
+    from recsys.eval.baselines import OneVsRest
+    from recsys.eval.evaluate import evaluate
+
+    d = _documents()
+    m = OneVsRest(C=10.0, tfidf=tfidf).fit(d)
+    assert m.xb.shape == (6, 41)  # one weight per word, then the bias
+    assert np.all(np.argmax(m.xb[:, :6], axis=1) == np.arange(6))  # label j leans on word j
+    p1 = evaluate(m, d, "test", (1,)).metrics["precision@1"]
+    pop = evaluate(Popularity().fit(d), d, "test", (1,)).metrics["precision@1"]
+    assert p1 > 0.95 > pop
+    import dataclasses
+
+    assert "psp@1" not in evaluate(m, d, "test", (1,)).metrics  # only where the data names its propensity model
+    xmc = evaluate(m, dataclasses.replace(d, propensity_ab=(0.55, 1.5)), "test", (1, 3)).metrics
+    assert 0.9 < xmc["psp@1"] <= 1.0 and 0 < xmc["psndcg@3"] <= 1.0
+
+
+def test_one_vs_rest_needs_documents():
+    from recsys.eval.baselines import OneVsRest
+
+    with pytest.raises(ConfigError, match="needs documents with features"):
+        OneVsRest().fit(_random_binary())
+    with pytest.raises(ConfigError, match="C > 0"):
+        OneVsRest(C=0)

@@ -236,3 +236,47 @@ def test_hits_matrix_scales():
     assert np.array_equal(h[:200], np.take_along_axis(dense, I[:200], axis=1))  # the same as a dense lookup
     r = ranking_metrics(I, truth, ks=(10, 100))
     assert 0 < r["recall@100"] <= 1
+
+
+def _psp_reference(I, Y, w, k):
+    """PSP@k and PSnDCG@k as pyxclib computes them, with dense loops (ratio of sums)."""
+    num = den = nnum = nden = 0.0
+    for q in range(Y.shape[0]):
+        rel = np.flatnonzero(Y[q])
+        if rel.size == 0:
+            continue
+        best = np.sort(w[rel])[::-1][:k]
+        top = [i for i in I[q, :k]]
+        gains = [w[i] if i >= 0 and Y[q, i] else 0.0 for i in top]
+        idcg = sum(1 / np.log2(j + 2) for j in range(min(k, rel.size)))
+        num += sum(gains)
+        den += best.sum()
+        nnum += sum(g / np.log2(j + 2) for j, g in enumerate(gains)) / idcg
+        nden += sum(g / np.log2(j + 2) for j, g in enumerate(best)) / idcg
+    return num / den, nnum / nden
+
+
+def test_propensity_metrics_match_a_dense_reference_and_reward_rare_labels():
+    from recsys.eval.metrics import inverse_propensity, propensity_metrics
+
+    rng = np.random.default_rng(0)
+    Q, N = 40, 12
+    Y = (rng.random((Q, N)) < 0.25).astype(np.float32)
+    Y[3] = 0  # a query without labels is left out
+    counts = rng.integers(0, 50, N)
+    w = inverse_propensity(counts, n_train=200)
+    C = (np.log(200) - 1) * 2.5 ** 0.55
+    np.testing.assert_allclose(w, 1 + C * (counts + 1.5) ** -0.55)
+    assert np.all(np.diff(w[np.argsort(counts)]) <= 1e-12)  # rarer label, larger weight
+    I = np.argsort(-rng.random((Q, N)), axis=1)[:, :5]
+    I[0, 4] = -1  # a pad is never a hit
+    got = propensity_metrics(I, sp.csr_matrix(Y), w, ks=(1, 3, 5))
+    for k in (1, 3, 5):
+        psp, psn = _psp_reference(I, Y, w, k)
+        assert got[f"psp@{k}"] == pytest.approx(psp) and got[f"psndcg@{k}"] == pytest.approx(psn)
+    # a perfect propensity-ordered ranking scores 1; the same hits in the common labels score less
+    ideal = np.argsort(-(Y * w[None, :] + 1e-9 * np.arange(N)), axis=1)[:, :5]
+    perfect = propensity_metrics(ideal, sp.csr_matrix(Y), w, ks=(1, 3))
+    assert perfect["psp@1"] == pytest.approx(1.0) and perfect["psndcg@3"] == pytest.approx(1.0)
+    with pytest.raises(DataError, match="one weight per label"):
+        propensity_metrics(I, sp.csr_matrix(Y), w[:-1])

@@ -52,6 +52,7 @@ HEAD_KEYS = ("head", "dense_optimizer", "sparse_optimizer", "lr_scheduler")  # t
 BASELINE_GRIDS = {
     "ease": {"lambda_": [50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0]},
     "als": {"factors": [64, 128], "regularization": [5.0, 50.0, 200.0], "alpha": [1.0, 3.0, 10.0]},
+    "ovr": {"C": [0.25, 1.0, 4.0, 16.0], "tfidf": [True, False]},
 }
 TABLE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
@@ -365,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="base YAML (data, towers, trainer), e.g. configs/ml-1m/base.yaml")
     p.add_argument("--heads", default="full,sigmoid,sampled,inbatch,hard", help="comma list of head names")
     p.add_argument("--seeds", default="3", help="number of seeds (0..S-1) or a comma list (default 3)")
-    p.add_argument("--baselines", default="pop,ease,als", help="comma list of pop,ease,als or 'none'")
+    p.add_argument("--baselines", default="pop,ease,als", help="comma list of pop,ease,als,ovr or 'none' (ovr: one-vs-rest "
+                   "logistic regression, for documents with features)")
     p.add_argument("--baseline-param", nargs="*", default=[], metavar="NAME.ARG=VALUE",
                    help="baseline arguments, e.g. ease.lambda_=1000 als.alpha=5 (fixed: not tuned)")
     p.add_argument("--baseline-grid", nargs="*", default=[], metavar="NAME.ARG=V1,V2,...",

@@ -255,4 +255,5 @@ def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac
     bags = binary_csr(sp.vstack([xtr, xte]))
     user_vocab = Vocab(np.arange(n_tr + n_te), name="document")
     item_vocab = Vocab(np.arange(L), name="label")
-    return RecData("bibtex", train, valid, test, user_vocab, item_vocab, query_bags=bags)
+    # PSP@k / PSnDCG@k with the Extreme Classification Repository's A, B for Bibtex (its default)
+    return RecData("bibtex", train, valid, test, user_vocab, item_vocab, query_bags=bags, propensity_ab=(0.55, 1.5))

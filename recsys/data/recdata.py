@@ -43,6 +43,7 @@ class RecData:
     user_encoder: FeatureEncoder | None = None
     fold_in: sp.csr_matrix | None = None  # (U, N) input histories of held-out users (split kind users)
     valid_candidates: np.ndarray | None = None  # (M,) cold validation items ranked for 'valid' (cold_valid)
+    propensity_ab: tuple[float, float] | None = None  # (A, B) of the XMC propensity model: adds PSP@k, PSnDCG@k
 
     @classmethod
     def from_frames(cls, interactions: pd.DataFrame, **kwargs) -> RecData:
@@ -81,6 +82,18 @@ class RecData:
         """(U, N) the items a query is built from at evaluation: train, plus the input rows of
         held-out users (split kind ``users``), which are never trained on."""
         return self.train if self.fold_in is None else (self.train + self.fold_in).tocsr()
+
+    def inverse_propensity(self) -> np.ndarray | None:
+        """(N,) inverse label propensities (``recsys.eval.metrics.inverse_propensity``) from the
+        train + validation labels (the official train documents), when ``propensity_ab`` is set."""
+        if self.propensity_ab is None:
+            return None
+        from recsys.eval.metrics import inverse_propensity
+
+        lab = (self.train + self.valid).tocsr()
+        A, B = self.propensity_ab
+        return inverse_propensity(np.asarray((lab > 0).sum(axis=0)).ravel(), int((np.diff(lab.indptr) > 0).sum()),
+                                  A, B)
 
     def cold_items(self) -> np.ndarray:
         """Items with no train or validation interaction that occur in test (sorted ids)."""

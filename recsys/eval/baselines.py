@@ -7,9 +7,10 @@ excluded) and the metrics through ``recsys.eval.metrics.ranking_metrics``, exact
     Popularity  xq[u] = 1                  xb[i] = train count of i       (D = 1)
     EASE        xq[u] = X[u] (train row)   xb = B^T, so scores = X B      (D = N)
     ALS         xq = user factors          xb = item factors              (D = factors)
+    OneVsRest   xq[u] = [words of u, 1]    xb[l] = [w_l, b_l] per label   (D = F + 1)
 
-All are fitted on ``data.train`` only and query with the user's train row, like the
-towers (docs/protocol.md: validation / test items are never inputs).
+All are fitted on ``data.train`` only and query with the user's train row (OneVsRest: the
+document's words), like the towers (docs/protocol.md: validation / test items are never inputs).
 
     model = EASE(lambda_=1000.0).fit(data)
     res = recsys.eval.evaluate.evaluate(model, data, "test", ks=(10, 20))
@@ -31,7 +32,7 @@ from recsys.retrieval import ExactRetriever
 from recsys.retrieval.base import _pad
 from recsys.retrieval.exact import topk_block
 
-__all__ = ["Baseline", "Popularity", "EASE", "ALS", "BASELINES", "make_baseline"]
+__all__ = ["Baseline", "Popularity", "EASE", "ALS", "OneVsRest", "BASELINES", "make_baseline"]
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,74 @@ class ALS(Baseline):
                 f"iters={self.iterations})")
 
 
-BASELINES = {"pop": Popularity, "ease": EASE, "als": ALS}
+class OneVsRest(Baseline):
+    """One-vs-rest linear classifiers over document features, the extreme-classification
+    baseline ("1-vs-All" in the Extreme Classification Repository; e.g. DiSMEC, Babbar &
+    Schoelkopf, WSDM 2017, is its sparse large-scale form).
+
+    For multi-label data whose queries are documents (``RecData.query_bags``: (U, F) words):
+    one L2-regularised logistic regression per label (scikit-learn ``LogisticRegression``,
+    liblinear) on the train documents' features, optionally TF-IDF weighted and L2-normalised
+    (``TfidfTransformer`` fitted on the train documents). Scores are inner products like every
+    baseline: ``xq[u] = [features of u, 1]``, ``xb[l] = [w_l, b_l]`` (D = F + 1). A label
+    without train positives gets w = 0 and a bias of -1e4 (never ranked above a trained one).
+
+    Args:
+        C: inverse regularisation strength of each classifier.
+        tfidf: TF-IDF weight and L2-normalise the features (else the raw values).
+        class_weight: ``None`` or ``"balanced"`` (reweights each label's positives).
+    """
+
+    name = "ovr"
+
+    def __init__(self, C: float = 1.0, tfidf: bool = True, class_weight: str | None = None):
+        super().__init__()
+        if C <= 0:
+            raise ConfigError(f"OneVsRest C={C}: need C > 0. Fix: e.g. C=1.0.")
+        self.C, self.tfidf, self.class_weight = float(C), bool(tfidf), class_weight
+        self.features: sp.csr_matrix | None = None  # (U, F) the (transformed) document features
+
+    def fit(self, data: RecData | sp.spmatrix) -> Baseline:
+        """Fit on ``data.train`` with ``data.query_bags`` as the documents' features."""
+        if not isinstance(data, RecData) or data.query_bags is None:
+            raise ConfigError("OneVsRest needs documents with features (a RecData with query_bags, e.g. "
+                              "load_dataset('bibtex')): there is nothing to classify from. Fix: use it on "
+                              "multi-label document data, or a collaborative baseline (pop, ease, als).")
+        F = sp.csr_matrix(data.query_bags, dtype=np.float64)
+        self._raw = F
+        return super().fit(data)
+
+    def _fit(self, X):
+        from sklearn.feature_extraction.text import TfidfTransformer
+        from sklearn.linear_model import LogisticRegression
+
+        rows = np.flatnonzero(np.diff(X.indptr) > 0)  # the train documents
+        F = self._raw
+        if self.tfidf:
+            F = TfidfTransformer().fit(F[rows]).transform(F).tocsr()
+        self.features = F
+        Ft, Y = F[rows], X[rows].tocsc()
+        N = X.shape[1]
+        W = np.zeros((N, F.shape[1] + 1), dtype=np.float32)  # (N, F + 1): weights, then the bias
+        for j in range(N):
+            y = np.zeros(len(rows), dtype=np.int8)
+            y[Y.indices[Y.indptr[j]:Y.indptr[j + 1]]] = 1
+            if y.min() == y.max():  # no positive (or no negative): a constant score
+                W[j, -1] = 1e4 if y[0] == 1 else -1e4
+                continue
+            m = LogisticRegression(C=self.C, solver="liblinear", class_weight=self.class_weight).fit(Ft, y)
+            W[j, :-1], W[j, -1] = m.coef_.ravel(), m.intercept_[0]
+        self.xb = W
+
+    def query_vectors(self, users):
+        q = self.features[users].toarray().astype(np.float32)  # (Q, F)
+        return np.hstack([q, np.ones((len(q), 1), dtype=np.float32)])  # (Q, F + 1)
+
+    def __repr__(self) -> str:
+        return f"ovr(C={self.C:g}, tfidf={self.tfidf})"
+
+
+BASELINES = {"pop": Popularity, "ease": EASE, "als": ALS, "ovr": OneVsRest}
 
 
 def make_baseline(name: str, **kwargs) -> Baseline:

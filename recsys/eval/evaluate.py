@@ -23,7 +23,7 @@ import torch
 from recsys.data.recdata import RecData
 from recsys.errors import require
 from recsys.eval.baselines import Baseline
-from recsys.eval.metrics import per_user_metrics, ranking_metrics
+from recsys.eval.metrics import per_user_metrics, propensity_metrics, ranking_metrics
 from recsys.retrieval import make_retriever, recall_vs_exact
 
 __all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "topk_metrics", "embed_queries"]
@@ -57,6 +57,9 @@ def topk_metrics(I: np.ndarray, users: np.ndarray, data: RecData, split: str = "
     with the train item counts for the popularity metrics."""
     truth = data.truth(split)[users]
     m = ranking_metrics(I, truth, ks, item_counts=data.item_counts())
+    w = data.inverse_propensity()  # multi-label data (propensity_ab set): PSP@k, PSnDCG@k
+    if w is not None:
+        m.update(propensity_metrics(I, truth, w, ks))
     m["search_seconds"] = seconds
     return EvalResult(m, per_user_metrics(I, truth, ks), users, I)
 

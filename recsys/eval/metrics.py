@@ -19,6 +19,18 @@ Protocol (RecBole "general recommendation", docs/protocol.md), for a user with
 
 Means are over users with at least one held-out item; users without one are excluded,
 not counted as zero. Catalogue metrics (coverage, popularity, Gini) are over all queries.
+
+Extreme-classification metrics (``propensity_metrics``; Jain, Prabhu & Varma, "Extreme
+Multi-label Loss Functions for Recommendation, Tagging, Ranking & Other Missing Label
+Applications", KDD 2016), as the Extreme Classification Repository computes them (pyxclib):
+with w_l = 1 / p_l the inverse propensity of label l (``inverse_propensity``),
+
+    PSP@k    = sum_q sum_{i<k} hit_qi w_{I_qi} / sum_q sum_{i<k} w*_qi
+    PSnDCG@k = sum_q PSDCG_q@k / IDCG_q@k  /  sum_q PSDCG*_q@k / IDCG_q@k
+
+where w*_q are the weights of q's relevant labels sorted descending (the best achievable
+top-k), PSDCG@k = sum_{i<k} hit_i w_i / log2(i + 2), and IDCG the binary one above: ratios of
+sums over the queries, so both are 1 for a perfect propensity-ordered ranking.
 """
 
 from __future__ import annotations
@@ -33,7 +45,8 @@ from recsys.errors import ConfigError, DataError
 from recsys.numeric import gini
 from recsys.retrieval.keys import member
 
-__all__ = ["hits_matrix", "per_user_metrics", "ranking_metrics", "RANK_METRICS"]
+__all__ = ["hits_matrix", "per_user_metrics", "ranking_metrics", "RANK_METRICS", "inverse_propensity",
+           "propensity_metrics"]
 
 # The per-user ranking metrics, in the order they appear in tables.
 RANK_METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
@@ -197,4 +210,53 @@ def ranking_metrics(
             empty = rec.size == 0
             out[f"popularity@{k}"] = float("nan") if empty else float(item_counts[rec].mean())
             out[f"popularity_pct@{k}"] = float("nan") if empty else float(pct[rec].mean())
+    return out
+
+
+def inverse_propensity(label_counts: np.ndarray, n_train: int, A: float = 0.55, B: float = 1.5) -> np.ndarray:
+    """(N,) w_l = 1 / p_l = 1 + C (N_l + B)^-A with C = (log n_train - 1)(B + 1)^A (Jain et al.
+    2016): ``label_counts`` (N,) train documents per label N_l, ``n_train`` train documents.
+    A, B as the Extreme Classification Repository sets them per dataset: 0.55 / 1.5 by default
+    (Bibtex, Delicious, EURLex, ...), 0.5 / 0.4 for Wikipedia, 0.6 / 2.6 for Amazon."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    if n_train < 1 or counts.ndim != 1 or (counts < 0).any():
+        raise DataError(f"label_counts of shape {counts.shape} and n_train={n_train}: need (N,) non-negative "
+                        "counts and n_train >= 1. Fix: pass the train label matrix's column sums and row count.")
+    C = (np.log(n_train) - 1.0) * (B + 1.0) ** A
+    return 1.0 + C * (counts + B) ** (-A)
+
+
+def propensity_metrics(I: np.ndarray, truth: sp.spmatrix, inv_propensity: np.ndarray,
+                       ks: Sequence[int] = (1, 3, 5)) -> dict[str, float]:
+    """``psp@k`` and ``psndcg@k`` (module docstring) of top-k lists ``I`` (Q, K) against
+    ``truth`` (Q, N), queries with at least one relevant label; ``inv_propensity`` (N,)."""
+    I, truth = _check_inputs(I, truth)
+    w = np.asarray(inv_propensity, dtype=np.float64)
+    if w.shape != (truth.shape[1],):
+        raise DataError(f"inv_propensity has shape {w.shape}: it needs one weight per label, ({truth.shape[1]},). "
+                        "Fix: inverse_propensity(train label counts, train documents).")
+    for k in ks:
+        _check_k(k, I)
+    n_rel = _n_relevant(truth)
+    users = np.flatnonzero(n_rel > 0)
+    t = truth[users]
+    K = I.shape[1]
+    got = np.where(hits_matrix(I[users], t), w[I[users].clip(0)], 0.0)  # (U, K) weight of each hit
+    # the ideal: each query's relevant labels by weight, descending, first K
+    rows = np.repeat(np.arange(len(users)), np.diff(t.indptr))
+    keep = t.data != 0
+    rows, wt = rows[keep], w[t.indices[keep]]
+    order = np.lexsort((-wt, rows))
+    rows, wt = rows[order], wt[order]
+    pos = np.arange(rows.size) - np.searchsorted(rows, rows)  # rank within the row
+    ideal = np.zeros((len(users), K))
+    m = pos < K
+    ideal[rows[m], pos[m]] = wt[m]
+    disc = 1.0 / np.log2(np.arange(K) + 2.0)
+    ideal_cum = np.concatenate([[0.0], np.cumsum(disc)])
+    out = {}
+    for k in ks:
+        out[f"psp@{k}"] = float(got[:, :k].sum() / ideal[:, :k].sum())
+        idcg = ideal_cum[np.minimum(n_rel[users], k)]
+        out[f"psndcg@{k}"] = float(((got[:, :k] @ disc[:k]) / idcg).sum() / ((ideal[:, :k] @ disc[:k]) / idcg).sum())
     return out
