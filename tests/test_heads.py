@@ -352,8 +352,9 @@ def test_chunk_must_be_positive():
 # multi-label sigmoid
 # ---------------------------------------------------------------------------------------
 
-def test_sigmoid_full_equals_dense_bce():
-    head = bound(MultiLabelSigmoid(temperature=0.5, chunk=3)).double()
+@pytest.mark.parametrize("pos_weight", [1.0, 4.0])
+def test_sigmoid_full_equals_dense_bce(pos_weight):
+    head = bound(MultiLabelSigmoid(temperature=0.5, chunk=3, pos_weight=pos_weight)).double()
     with torch.no_grad():
         head.bias.fill_(0.3)
     users = [0, 2, 4]
@@ -365,9 +366,15 @@ def test_sigmoid_full_equals_dense_bce():
     bias = head.bias.detach().clone().requires_grad_()
     Y = torch.tensor(train_csr()[users].toarray(), dtype=torch.float64)  # (B, N) multi-hot
     logits = q2 @ t2.forward_all().T / 0.5 + bias  # (B, N)
-    ref = F.binary_cross_entropy_with_logits(logits, Y, reduction="sum") / 3
+    ref = F.binary_cross_entropy_with_logits(logits, Y, reduction="sum",
+                                             pos_weight=torch.tensor(pos_weight, dtype=torch.float64)) / 3
     exp = torch.autograd.grad(ref, (q2, t2.item_emb.weight, bias))
     torch.testing.assert_close(loss, ref)
+    if pos_weight != 1.0:  # the weight changes the loss
+        plain = bound(MultiLabelSigmoid(temperature=0.5, chunk=3)).double()
+        with torch.no_grad():
+            plain.bias.fill_(0.3)
+        assert not torch.isclose(plain(q, b, t).loss, loss)
     for a, e in zip(got, exp):
         torch.testing.assert_close(a, e)
 
@@ -394,6 +401,12 @@ def test_sigmoid_sampled_weight_and_known_positive_dropping():
     assert kp.contains(torch.tensor(users), cand).any(), "pick a seed whose draws hit a known positive"
     ref = sigmoid_sampled_ref(head, q, t, users, items, cand, N / k)
     torch.testing.assert_close(out.loss, ref)
+    # pos_weight multiplies the positive's term
+    head_p = bound(MultiLabelSigmoid(num_negatives=k, pos_weight=3.0)).double()
+    torch.manual_seed(11)
+    out_p = head_p(q, batch(users, items), t)
+    l_pos = (q * t(torch.tensor(items))).sum(-1) + head_p.bias
+    torch.testing.assert_close(out_p.loss, ref + 2.0 * F.softplus(-l_pos).mean())
     # an explicit negative_weight is used as given
     head1 = bound(MultiLabelSigmoid(num_negatives=k, negative_weight=1.0)).double()
     torch.manual_seed(11)

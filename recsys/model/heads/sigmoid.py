@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.errors import ConfigError
 from recsys.model.candidates import UniformSampler, accidental_hits
 from recsys.model.chunked import chunked_softplus_sum
 from recsys.model.corrections import mask
@@ -34,18 +35,28 @@ class MultiLabelSigmoid(Head):
     (the known positives a draw may hit are dropped, not redrawn, hence N and not N - 1).
     Set ``negative_weight=1`` for the classic unweighted form.
 
+    ``pos_weight`` p multiplies each positive's term, BCE(l, 1) = softplus(-l) -> p softplus(-l)
+    (torch's ``BCEWithLogitsLoss(pos_weight=...)``): with few positives among many labels, p > 1
+    counters the negatives' majority (DEXML, Gupta et al., ICLR 2024, tune it for dual encoders).
+    In full mode the loss becomes sum_j softplus(l_j) + sum_{j in P(u)} [(p - 1) softplus(l_j) - p l_j].
+
     Args:
         temperature / learn_temperature: logit scale 1 / T (sigmoid heads have one too).
         num_negatives: None for full mode, else k.
         negative_weight: weight of each sampled negative (sampled mode only).
         chunk: items per block in full mode.
+        pos_weight: weight p of each positive's BCE term (1: plain BCE).
     """
 
     def __init__(self, temperature: float = 1.0, learn_temperature: bool = False,
                  num_negatives: int | None = None, negative_weight: float | None = None,
-                 chunk: int = 8192):
+                 chunk: int = 8192, pos_weight: float = 1.0):
         super().__init__(temperature, learn_temperature)
+        if pos_weight <= 0:
+            raise ConfigError(f"MultiLabelSigmoid pos_weight={pos_weight}: need pos_weight > 0. Fix: e.g. 1.0 "
+                              "(plain BCE) or 2-10 to weigh the few positives up.")
         self.num_negatives, self.negative_weight, self.chunk = num_negatives, negative_weight, chunk
+        self.pos_weight = float(pos_weight)
         self.bias = nn.Parameter(torch.tensor(0.0))
         self.sampler = UniformSampler()  # the k shared negatives of sampled mode
 
@@ -80,6 +91,9 @@ class MultiLabelSigmoid(Head):
         pos_sum = (qs * torch.sparse.mm(Y, v_all)).sum() + self.bias * len(j)
         neg_all = chunked_softplus_sum(qs, v_all, self.bias, self.chunk)  # (B,)
         loss = (neg_all.sum() - pos_sum) / len(users)
+        if self.pos_weight != 1.0:  # + sum_pos (p - 1) softplus(l) - (p - 1) l = (p - 1) softplus(-l)
+            l_pos = (qs[r.to(qs.device)] * v_all[j.to(qs.device)]).sum(-1) + self.bias  # (P,)
+            loss = loss + (self.pos_weight - 1.0) * F.softplus(-l_pos).sum() / len(users)
         with torch.no_grad():
             logs = head_logs(T, pos_sum / max(1, len(j)), (qs @ v_all.mean(0)).mean() + self.bias, 0.0,
                              float(v_all.shape[0]) - len(j) / len(users))
@@ -93,7 +107,7 @@ class MultiLabelSigmoid(Head):
         hits = accidental_hits(users, items, cand, self.known)  # (B, k) the positive, known positives
         neg = mask(qs @ item_tower(cand).T + self.bias, hits)  # (B, k), hits at -inf: softplus 0
         w = self.negative_weight if self.negative_weight is not None else N / k  # unbiased
-        loss = (F.softplus(-pos) + w * F.softplus(neg).sum(1)).mean()
+        loss = (self.pos_weight * F.softplus(-pos) + w * F.softplus(neg).sum(1)).mean()
         with torch.no_grad():
             live = ~hits  # (B, k) negatives that count
             neg_mean = neg.masked_select(live).mean() if live.any() else neg.new_tensor(float("nan"))  # = neg[live]
