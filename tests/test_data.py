@@ -170,3 +170,22 @@ def test_gowalla_registry_counts_and_carved_validation(shared_root):
     assert 0.08 < share <= 0.1 and (np.diff(d.valid.indptr) <= np.ceil(0.1 * n_u) + 1).all()
     again = load_dataset("gowalla", shared_root, seed=1)
     assert (again.valid != d.valid).nnz > 0  # the carve is seeded
+
+
+def test_bibtex_tfidf_bags_reach_the_batches(monkeypatch):
+    from recsys.data.batches import query_inputs
+    from recsys.data.datamodule import InteractionDataModule
+    from tests.conftest import SHARED
+
+    if not (SHARED / "bibtex").exists():
+        pytest.skip(f"real data for bibtex not found in {SHARED}")
+    monkeypatch.setenv("RECSYS_DATA", str(SHARED))
+    binary = InteractionDataModule(dataset="bibtex").data
+    tfidf = InteractionDataModule(dataset="bibtex", bag_weighting="tfidf").data
+    assert not binary.weighted_bags and tfidf.weighted_bags
+    assert (binary.query_bags != 0).nnz == (tfidf.query_bags != 0).nnz  # same words, other values
+    b = query_inputs(tfidf, np.array([0, 1]), 50)
+    assert b["bag_w"].shape == b["bag"].shape and (b["bag_w"][b["bag"] == tfidf.bag_size] == 0).all()
+    assert "bag_w" not in query_inputs(binary, np.array([0, 1]), 50)
+    with pytest.raises(ConfigError, match="has no document bags"):
+        _ = InteractionDataModule(dataset="synthetic", bag_weighting="tfidf").data

@@ -31,6 +31,20 @@ def test_bag_mean_ignores_padding():
     assert (t.bag_emb.weight.grad[PAD] == 0).all()  # the pad row never learns
 
 
+def test_bag_values_pool_a_weighted_mean_and_need_the_batch_values():
+    torch.manual_seed(0)
+    t = QueryTower(schema(), dim=4, use_id=False, use_features=False, sparse=False, bag_values=True)
+    E = t.bag_emb.weight
+    bag = torch.tensor([[3, 5, PAD], [3, PAD, PAD]])
+    w = torch.tensor([[3.0, 1.0, 9.0], [2.0, 0.0, 0.0]])  # the pad's value is never used
+    out = t({"bag": bag, "bag_w": w})
+    torch.testing.assert_close(out[0], (3 * E[3] + E[5]) / 4)  # sum_h x_h e_h / sum_h x_h
+    torch.testing.assert_close(out[1], E[3])
+    plain = t({"bag": bag})  # no values in the batch (a history bag): the plain mean
+    torch.testing.assert_close(plain[0], (E[3] + E[5]) / 2)
+    assert not torch.allclose(out[0], plain[0])  # the values change the pooled vector
+
+
 def test_query_parts_are_summed_without_mlp():
     torch.manual_seed(0)
     t = QueryTower(schema(user_feature_cards=[2, 3]), dim=4, sparse=False)

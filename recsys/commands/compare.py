@@ -366,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="base YAML (data, towers, trainer), e.g. configs/ml-1m/base.yaml")
     p.add_argument("--heads", default="full,sigmoid,sampled,inbatch,hard", help="comma list of head names")
     p.add_argument("--seeds", default="3", help="number of seeds (0..S-1) or a comma list (default 3)")
-    p.add_argument("--baselines", default="pop,ease,als", help="comma list of pop,ease,als,ovr or 'none' (ovr: one-vs-rest "
-                   "logistic regression, for documents with features)")
+    p.add_argument("--baselines", default="pop,ease,als",
+                   help="comma list of pop,ease,als,ovr or 'none' (ovr: one-vs-rest logistic regression, "
+                        "for documents with features)")
     p.add_argument("--baseline-param", nargs="*", default=[], metavar="NAME.ARG=VALUE",
                    help="baseline arguments, e.g. ease.lambda_=1000 als.alpha=5 (fixed: not tuned)")
     p.add_argument("--baseline-grid", nargs="*", default=[], metavar="NAME.ARG=V1,V2,...",

@@ -17,12 +17,13 @@ from recsys.data.recdata import RecData
 __all__ = ["pad_rows", "query_inputs", "PairDataset", "QueryDataset", "batch_identity"]
 
 
-def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None) -> np.ndarray:
+def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None, values=None):
     """(B, H) int64 ids of CSR ``rows``, padded with ``pad``.
 
     Rows longer than H: ``rng`` given -> H positions drawn uniformly (with replacement),
     else H evenly spaced positions (deterministic). ``exclude_pos`` (B,) leaves out that
-    position of each row (the training target).
+    position of each row (the training target). ``values`` (the CSR's data): also return
+    the (B, H) float32 values at the same positions (0 at padding), as ``(ids, values)``.
     """
     start = indptr[rows]
     avail = indptr[rows + 1] - start - (0 if exclude_pos is None else 1)  # (B,)
@@ -35,8 +36,13 @@ def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None) -> np.nd
     if exclude_pos is not None:
         pos = pos + (pos >= exclude_pos[:, None])
     out = np.full((len(rows), H), pad, dtype=np.int64)
-    out[valid] = indices[(start[:, None] + pos)[valid]]
-    return out
+    at = (start[:, None] + pos)[valid]
+    out[valid] = indices[at]
+    if values is None:
+        return out
+    vals = np.zeros((len(rows), H), dtype=np.float32)
+    vals[valid] = values[at]
+    return out, vals
 
 
 class PairDataset(Dataset):
@@ -69,7 +75,11 @@ def query_inputs(data: RecData, users: np.ndarray, H: int, rng=None, target_pos=
     if H > 0:
         if data.query_bags is not None:
             m = data.query_bags
-            out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1], rng=rng)
+            if data.weighted_bags:  # e.g. TF-IDF word weights: "bag_w" (B, H) beside the ids
+                out["bag"], out["bag_w"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1],
+                                                    rng=rng, values=m.data)
+            else:
+                out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1], rng=rng)
         else:  # training: the train history without the target; evaluation: the whole history
             m = data.train if target_pos is not None else data.history
             out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1],

@@ -58,7 +58,12 @@ class InteractionDataModule(L.LightningDataModule):
         user_weight_power: beta >= 0; each epoch draws its pairs with replacement, a pair of a
             user with n train items in proportion to n^-beta (0: every pair once, shuffled;
             1: every user equally often). Pairs weigh users by their activity, ranking
-            metrics average over users; beta trades one for the other.
+            metrics average over users; beta trades one for the other. For multi-label
+            documents, 1 is the "pick-all-labels, normalised" weighting (each document's labels
+            share one unit of weight; Menon et al., NeurIPS 2019, "Multilabel reductions").
+        bag_weighting: ``binary`` or ``tfidf``: the values of a document dataset's word bags
+            (``tfidf``: TF x IDF over the train documents, carried as ``bag_w`` for
+            ``QueryTower(bag_values=True)``). Only for datasets whose queries are documents.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class InteractionDataModule(L.LightningDataModule):
         side_features: bool = True,
         num_workers: int = 0,
         user_weight_power: float = 0.0,
+        bag_weighting: str = "binary",
     ):
         super().__init__()
         if batch_size < 1 or max_history < 0:
@@ -95,6 +101,9 @@ class InteractionDataModule(L.LightningDataModule):
             raise ConfigError(f"user_weight_power={user_weight_power}: need >= 0 (0 = every pair once per "
                               "epoch). Fix: e.g. user_weight_power=0.5.")
         self.user_weight_power = user_weight_power
+        if bag_weighting not in ("binary", "tfidf"):
+            raise ConfigError(f"bag_weighting={bag_weighting!r}: need 'binary' or 'tfidf'. Fix: pick one of them.")
+        self.bag_weighting = bag_weighting
         self.source = source if source is None or isinstance(source, DataSource) else DataSource(**source)
         self._data: RecData | None = data
         if data is not None:
@@ -145,7 +154,7 @@ class InteractionDataModule(L.LightningDataModule):
             self._data = load_dataset(
                 self.dataset, self.root, split=self.split, seed=self.seed,
                 rating_threshold=self.rating_threshold, k_core=self.k_core,
-                synthetic=self.synthetic, side_features=self.side_features,
+                synthetic=self.synthetic, side_features=self.side_features, bag_weighting=self.bag_weighting,
             )
         return self._data
 

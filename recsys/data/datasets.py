@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -131,8 +132,8 @@ _movielens("ml-1m", formats.read_ml1m_movies, formats.read_ml1m_users, "movies.d
 
 
 @register("bibtex")
-def _bibtex(root=None, *, split="random", seed=0, **_protocol) -> RecData:
-    return load_bibtex(root, seed=seed)
+def _bibtex(root=None, *, split="random", seed=0, bag_weighting="binary", **_protocol) -> RecData:
+    return load_bibtex(root, seed=seed, bag_weighting=bag_weighting)
 
 
 @register("gowalla")
@@ -174,6 +175,7 @@ def load_dataset(
     k_core: int = 10,
     synthetic: SyntheticConfig | dict | None = None,
     side_features: bool = True,
+    bag_weighting: str = "binary",
 ) -> RecData:
     """Load, filter (ratings >= threshold, iterative k-core), encode and split a dataset.
 
@@ -192,6 +194,12 @@ def load_dataset(
         synthetic = SyntheticConfig(**(synthetic or {}))
     kw = dict(split=split, seed=seed, rating_threshold=rating_threshold, k_core=k_core, synthetic=synthetic,
               side_features=side_features)
+    if bag_weighting != "binary":  # document datasets only (their loaders take it)
+        if "bag_weighting" not in inspect.signature(DATASETS[name]).parameters:
+            raise ConfigError(f"bag_weighting={bag_weighting!r} but dataset {name!r} has no document bags (its queries "
+                              "are users described by their history). Fix: leave bag_weighting at 'binary', or use "
+                              "a document dataset such as bibtex.")
+        kw["bag_weighting"] = bag_weighting
     key_kw = {**kw, "synthetic": asdict(synthetic) if name == "synthetic" else None}  # only synthetic reads it
     return _load_cached((name, str(root), sorted(key_kw.items())), lambda: DATASETS[name](root, **kw))
 
@@ -229,12 +237,15 @@ def load_source_cached(src: DataSource, seed: int = 0) -> RecData:
     return _load_cached(("source", src.key(), seed), lambda: load_source(src, seed=seed))
 
 
-def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac: float = 0.1) -> RecData:
+def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac: float = 0.1,
+                bag_weighting: str = "binary") -> RecData:
     """Bibtex as retrieval: documents are queries (bag of word features), labels are items.
 
     The official train documents are split into train / validation documents
     (``valid_frac``, seeded); the official test documents are the test queries. Held-out
     documents have no train labels: they are described by their words only.
+    ``bag_weighting="tfidf"``: each word's value is its TF x IDF (scikit-learn's smoothed IDF
+    over the train documents, no row normalisation: a weighted mean pools them), else 1.
     """
     from recsys.data.formats import read_xc
 
@@ -253,6 +264,14 @@ def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac
     valid = binary_csr(sp.vstack([held, empty]))
     test = binary_csr(sp.vstack([zeros_tr, sp.csr_matrix(yte, dtype=np.float32)]))
     bags = binary_csr(sp.vstack([xtr, xte]))
+    if bag_weighting == "tfidf":
+        from sklearn.feature_extraction.text import TfidfTransformer
+
+        tf = TfidfTransformer(norm=None).fit(bags[np.flatnonzero(~is_valid)])  # the train documents
+        bags = sp.csr_matrix(tf.transform(bags), dtype=np.float32)
+        bags.sort_indices()
+    elif bag_weighting != "binary":
+        raise ConfigError(f"bag_weighting={bag_weighting!r}: need 'binary' or 'tfidf'. Fix: pick one of them.")
     user_vocab = Vocab(np.arange(n_tr + n_te), name="document")
     item_vocab = Vocab(np.arange(L), name="label")
     # PSP@k / PSnDCG@k with the Extreme Classification Repository's A, B for Bibtex (its default)

@@ -45,6 +45,12 @@ class RecData:
     valid_candidates: np.ndarray | None = None  # (M,) cold validation items ranked for 'valid' (cold_valid)
     propensity_ab: tuple[float, float] | None = None  # (A, B) of the XMC propensity model: adds PSP@k, PSnDCG@k
 
+    @cached_property
+    def weighted_bags(self) -> bool:
+        """True when ``query_bags`` holds weights other than 1 (e.g. TF-IDF): batches then carry
+        them as ``bag_w`` for a weighted pooling (``QueryTower(bag_values=True)``)."""
+        return self.query_bags is not None and bool(np.any(self.query_bags.data != 1))
+
     @classmethod
     def from_frames(cls, interactions: pd.DataFrame, **kwargs) -> RecData:
         """A ``RecData`` from data frames (``recsys.data.recdata.from_frames``)::

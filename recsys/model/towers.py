@@ -126,6 +126,10 @@ class QueryTower(_Tower):
             item-attention pooling of NAIS (He et al., TKDE 2018, "NAIS: Neural Attentive
             Item Similarity Model"), whose weights also depend on the candidate and so do
             not fit one inner product.
+        bag_values: pool the bag as a mean weighted by the batch's ``bag_w`` (B, H) values,
+            sum_h x_h e_h / sum_h x_h, e.g. a document's TF-IDF word weights
+            (``data.bag_weighting: tfidf``); times the learned weights with ``bag_weights``.
+            Batches without ``bag_w`` (history bags) pool as before.
         normalize: L2-normalise the output (pair with a small temperature).
         sparse: sparse gradients for the id tables.
         init_std: std of the normal init of the id tables.
@@ -144,7 +148,8 @@ class QueryTower(_Tower):
                  use_features: bool = True, hidden: list[int] | None = None, dropout: float = 0.0,
                  residual: bool = False, part_norm: bool = False, bag_dropout: float = 0.0,
                  bag_weights: bool = False, normalize: bool = False, sparse: bool = True,
-                 init_std: float = 0.05, item_bias: bool = False, unknown_id_rate: float = 0.0):
+                 init_std: float = 0.05, item_bias: bool = False, unknown_id_rate: float = 0.0,
+                 bag_values: bool = False):
         use_numeric = use_features and schema.user_numeric_dim > 0
         use_features = use_features and bool(schema.user_feature_cards)
         _check_rate("QueryTower", unknown_id_rate)
@@ -163,7 +168,8 @@ class QueryTower(_Tower):
         self.num_proj = nn.Linear(schema.user_numeric_dim, dim, bias=False) if use_numeric else None
         cold = None if schema.user_counts is None else torch.as_tensor(schema.user_counts) == 0
         self.register_buffer("cold_user", cold if cold is not None and bool(cold.any()) else None, persistent=False)
-        self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="sum" if bag_weights else "mean",
+        self.bag_values = bag_values
+        self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="sum" if bag_weights or bag_values else "mean",
                                         sparse=sparse, padding_idx=schema.bag_size) if use_bag else None)
         self.bag_logw = (nn.Embedding(schema.bag_size + 1, 1, sparse=sparse, padding_idx=schema.bag_size)
                          if use_bag and bag_weights else None)
@@ -197,10 +203,14 @@ class QueryTower(_Tower):
             if self.training and self.bag_dropout > 0:
                 drop = torch.rand(bag.shape, device=bag.device) < self.bag_dropout  # (B, H)
                 bag = bag.masked_fill(drop, self.bag_emb.padding_idx)
-            if self.bag_logw is None:
+            if self.bag_emb.mode == "mean":
                 parts.append(self.bag_emb(bag))  # (B, D), mean over non-pad ids
             else:
-                w = self.bag_logw(bag).squeeze(-1).exp() * (bag != self.bag_emb.padding_idx)  # (B, H)
+                w = (bag != self.bag_emb.padding_idx).to(self.bag_emb.weight.dtype)  # (B, H) 1 per id, 0 at pads
+                if self.bag_values and "bag_w" in batch:
+                    w = w * batch["bag_w"].to(w.dtype)  # the bag's own values (e.g. TF-IDF)
+                if self.bag_logw is not None:
+                    w = w * self.bag_logw(bag).squeeze(-1).exp()  # learned weight per id
                 pooled = self.bag_emb(bag, per_sample_weights=w)  # (B, D), sum_h w_h e_h
                 parts.append(pooled / w.sum(1, keepdim=True).clamp_min(1e-12))  # weighted mean
         B = len(parts[0]) if parts else len(next(iter(batch.values())))
