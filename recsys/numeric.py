@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gini"]
+from recsys.errors import DataError
+
+__all__ = ["gini", "inverse_propensity"]
 
 
 def gini(x: np.ndarray) -> float:
@@ -19,3 +21,16 @@ def gini(x: np.ndarray) -> float:
         return float("nan")
     i = np.arange(1, n + 1)
     return float(((2 * i - n - 1) * x).sum() / (n * total))
+
+
+def inverse_propensity(label_counts: np.ndarray, n_train: int, A: float = 0.55, B: float = 1.5) -> np.ndarray:
+    """(N,) w_l = 1 / p_l = 1 + C (N_l + B)^-A with C = (log n_train - 1)(B + 1)^A (Jain et al.
+    2016): ``label_counts`` (N,) train documents per label N_l, ``n_train`` train documents.
+    A, B as the Extreme Classification Repository sets them per dataset: 0.55 / 1.5 by default
+    (Bibtex, Delicious, EURLex, ...), 0.5 / 0.4 for Wikipedia, 0.6 / 2.6 for Amazon."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    if n_train < 1 or counts.ndim != 1 or (counts < 0).any():
+        raise DataError(f"label_counts of shape {counts.shape} and n_train={n_train}: need (N,) non-negative "
+                        "counts and n_train >= 1. Fix: pass the train label matrix's column sums and row count.")
+    C = (np.log(n_train) - 1.0) * (B + 1.0) ** A
+    return 1.0 + C * (counts + B) ** (-A)

@@ -13,7 +13,7 @@ from recsys.data.features import FeatureColumns, FeatureEncoder
 from recsys.data.splits import make_split
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
-from recsys.numeric import gini
+from recsys.numeric import gini, inverse_propensity
 
 
 @dataclass
@@ -94,8 +94,6 @@ class RecData:
         train + validation labels (the official train documents), when ``propensity_ab`` is set."""
         if self.propensity_ab is None:
             return None
-        from recsys.eval.metrics import inverse_propensity
-
         lab = (self.train + self.valid).tocsr()
         A, B = self.propensity_ab
         return inverse_propensity(np.asarray((lab > 0).sum(axis=0)).ravel(), int((np.diff(lab.indptr) > 0).sum()),

@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from scipy.stats import rankdata
 
 from recsys.errors import ConfigError, DataError
-from recsys.numeric import gini
+from recsys.numeric import gini, inverse_propensity
 from recsys.retrieval.keys import member
 
 __all__ = ["hits_matrix", "per_user_metrics", "ranking_metrics", "RANK_METRICS", "inverse_propensity",
@@ -211,19 +211,6 @@ def ranking_metrics(
             out[f"popularity@{k}"] = float("nan") if empty else float(item_counts[rec].mean())
             out[f"popularity_pct@{k}"] = float("nan") if empty else float(pct[rec].mean())
     return out
-
-
-def inverse_propensity(label_counts: np.ndarray, n_train: int, A: float = 0.55, B: float = 1.5) -> np.ndarray:
-    """(N,) w_l = 1 / p_l = 1 + C (N_l + B)^-A with C = (log n_train - 1)(B + 1)^A (Jain et al.
-    2016): ``label_counts`` (N,) train documents per label N_l, ``n_train`` train documents.
-    A, B as the Extreme Classification Repository sets them per dataset: 0.55 / 1.5 by default
-    (Bibtex, Delicious, EURLex, ...), 0.5 / 0.4 for Wikipedia, 0.6 / 2.6 for Amazon."""
-    counts = np.asarray(label_counts, dtype=np.float64)
-    if n_train < 1 or counts.ndim != 1 or (counts < 0).any():
-        raise DataError(f"label_counts of shape {counts.shape} and n_train={n_train}: need (N,) non-negative "
-                        "counts and n_train >= 1. Fix: pass the train label matrix's column sums and row count.")
-    C = (np.log(n_train) - 1.0) * (B + 1.0) ** A
-    return 1.0 + C * (counts + B) ** (-A)
 
 
 def propensity_metrics(I: np.ndarray, truth: sp.spmatrix, inv_propensity: np.ndarray,

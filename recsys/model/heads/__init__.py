@@ -6,6 +6,7 @@ from recsys.model.heads.hard import HardNegativeSoftmax
 from recsys.model.heads.inbatch import InBatchSoftmax, StreamingFrequency
 from recsys.model.heads.sampled import SampledSoftmax
 from recsys.model.heads.sigmoid import MultiLabelSigmoid
+from recsys.model.heads.tree import TreeSoftmax
 
 HEADS = {
     "full": FullSoftmax,
@@ -13,9 +14,10 @@ HEADS = {
     "sampled": SampledSoftmax,
     "inbatch": InBatchSoftmax,
     "hard": HardNegativeSoftmax,
+    "tree": TreeSoftmax,
 }
 
 __all__ = [
     "Head", "HeadOutput", "KnownPositives", "Temperature", "FullSoftmax", "HardNegativeSoftmax",
-    "InBatchSoftmax", "StreamingFrequency", "SampledSoftmax", "MultiLabelSigmoid", "HEADS",
+    "InBatchSoftmax", "StreamingFrequency", "SampledSoftmax", "MultiLabelSigmoid", "TreeSoftmax", "HEADS",
 ]

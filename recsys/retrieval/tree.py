@@ -1,0 +1,198 @@
+"""A balanced hierarchical item index: item codes (c_1, ..., c_L), c_l in [0, K), and beam search
+over it. Plain numpy (no torch), so the tree is built, stored and searched like the other indexes.
+
+    tree = ItemTree.build(xb, branching=64, levels=2, seed=0)   # xb (N, d) item vectors
+    tree.codes        # (N, L) int64, the path of each item
+    tree.slot_item    # (K^L,) item of each leaf slot, -1 where empty
+    I, S = beam_search(level_scores, tree, beam=16, k=10)       # level_scores(l, prefixes) -> (Q, b, K)
+
+Construction: balanced recursive 2-means (the PECOS / Parabel way: Prabhu et al., WWW 2018,
+"Parabel"; Yu et al., JMLR 2022, "PECOS"). A node's items are cut into K groups of sizes as
+equal as possible: two spherical centroids by a few Lloyd steps, the items ordered by the
+difference of their cosine to the two, and the order cut at the share K1 / K with K1 = K // 2;
+each side recurses with K1 and K - K1 groups. So every level is balanced to one item, the tree
+has K^l nodes at depth l, and each leaf slot holds at most one item (K^L >= N is required).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys.errors import ConfigError, DataError
+
+__all__ = ["ItemTree", "balanced_codes", "beam_search", "gumbel_noise"]
+
+
+def _two_means_order(x: np.ndarray, rng: np.random.Generator, iters: int = 8) -> np.ndarray:
+    """Indices of the rows of x (n, d), ordered from the first spherical 2-means centroid's side
+    to the second's (by cos(x, c1) - cos(x, c2))."""
+    n = len(x)
+    if n <= 1:
+        return np.arange(n)
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    c = xn[rng.choice(n, 2, replace=False)].copy()  # (2, d)
+    for _ in range(iters):
+        side = (xn @ c[0]) < (xn @ c[1])  # True: nearer c2
+        for j, m in enumerate((~side, side)):
+            if m.any():
+                v = xn[m].sum(0)
+                c[j] = v / max(np.linalg.norm(v), 1e-12)
+    return np.argsort(xn @ c[1] - xn @ c[0], kind="stable")
+
+
+def _split(x: np.ndarray, idx: np.ndarray, K: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``idx`` cut into K balanced groups (sizes differ by at most one), similar items together."""
+    if K == 1:
+        return [idx]
+    K1 = K // 2
+    order = idx[_two_means_order(x[idx], rng)]
+    cut = int(round(len(idx) * K1 / K))
+    return _split(x, order[:cut], K1, rng) + _split(x, order[cut:], K - K1, rng)
+
+
+def balanced_codes(x: np.ndarray, branching: int, levels: int, seed: int = 0) -> np.ndarray:
+    """(N, L) int64 codes of the N rows of ``x`` (N, d) in a balanced K-ary tree of depth L."""
+    x = np.asarray(x, dtype=np.float32)
+    N = len(x)
+    K, L = int(branching), int(levels)
+    if K < 2 or L < 1 or K**L < N:
+        raise ConfigError(f"a tree of branching={K} and levels={L} has {K**L if K >= 1 and L >= 1 else 0} leaves for "
+                          f"N={N} items: need K >= 2, L >= 1 and K^L >= N. Fix: e.g. levels=2 with branching "
+                          f"{int(np.ceil(N ** 0.5))}, or levels=3 with branching {int(np.ceil(N ** (1 / 3)))}.")
+    rng = np.random.default_rng(seed)
+    codes = np.zeros((N, L), dtype=np.int64)
+    groups = [np.arange(N)]
+    for level in range(L):
+        nxt = []
+        last = level == L - 1
+        for g in groups:
+            if last:  # at most K items left in each node: one child each, in similarity order
+                codes[g[_two_means_order(x[g], rng)] if len(g) > 2 else g, level] = np.arange(len(g))
+                continue
+            parts = _split(x, g, K, rng) if len(g) > 1 else [g] + [g[:0]] * (K - 1)
+            for c, p in enumerate(parts):
+                codes[p, level] = c
+                nxt.append(p)
+        groups = nxt
+    return codes
+
+
+@dataclass
+class ItemTree:
+    """Item codes of a K-ary tree of depth L (``balanced_codes``) and their lookup tables.
+
+    ``codes`` (N, L); ``slot_item`` (K^L,) the item at each leaf slot (-1: empty);
+    ``occupied[l]`` (K^(l+1),) bool, the depth-(l+1) nodes with at least one item. A node at
+    depth l + 1 is numbered by its prefix, ``prefix * K + c`` (``node_ids``).
+    """
+
+    codes: np.ndarray
+    branching: int
+
+    def __post_init__(self) -> None:
+        self.codes = np.asarray(self.codes, dtype=np.int64)
+        K, L = self.branching, self.levels
+        if self.codes.ndim != 2 or (self.codes < 0).any() or (self.codes >= K).any():
+            raise DataError(f"tree codes of shape {self.codes.shape} with values in [{self.codes.min(initial=0)}, "
+                            f"{self.codes.max(initial=0)}]: need (N, L) ints in [0, {K}). Fix: build them with "
+                            "ItemTree.build.")
+        slots = self.node_ids(self.codes, L - 1)  # (N,) leaf slot of each item
+        if len(np.unique(slots)) != len(slots):
+            raise DataError("two items share a leaf slot: each item needs its own code. Fix: build the codes "
+                            "with ItemTree.build (balanced to one item per leaf).")
+        self.slot_item = np.full(K**L, -1, dtype=np.int64)
+        self.slot_item[slots] = np.arange(len(slots))
+        self.occupied = [np.zeros(K ** (l + 1), dtype=bool) for l in range(L)]
+        for l in range(L):
+            self.occupied[l][self.node_ids(self.codes, l)] = True
+
+    @classmethod
+    def build(cls, x: np.ndarray, branching: int, levels: int, seed: int = 0) -> ItemTree:
+        """The balanced tree of the item vectors ``x`` (N, d)."""
+        return cls(balanced_codes(x, branching, levels, seed), branching)
+
+    @property
+    def levels(self) -> int:
+        return int(self.codes.shape[1])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.codes.shape[0])
+
+    def node_ids(self, codes: np.ndarray, level: int) -> np.ndarray:
+        """Node numbers at depth ``level`` + 1 of code rows (..., L): sum_{j<=level} c_j K^(level-j)."""
+        ids = np.zeros(codes.shape[:-1], dtype=np.int64)
+        for j in range(level + 1):
+            ids = ids * self.branching + codes[..., j]
+        return ids
+
+    def state_dict(self) -> dict:
+        """Plain arrays and ints: the codes and the branching."""
+        return {"codes": self.codes.copy(), "branching": int(self.branching)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> ItemTree:
+        return cls(np.asarray(state["codes"]), int(state["branching"]))
+
+
+def gumbel_noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Standard Gumbel samples, -log(-log U): adding them to log-probabilities and taking the
+    top b draws b items without replacement (Kool et al., ICML 2019, "Stochastic Beams")."""
+    u = rng.random(shape)
+    return -np.log(-np.log(np.clip(u, 1e-12, 1 - 1e-12)))
+
+
+def beam_search(level_scores: Callable[[int, np.ndarray], np.ndarray], tree: ItemTree, beam: int, k: int,
+                exclude: Callable[[np.ndarray], np.ndarray] | None = None, temperature: float = 0.0,
+                rng: np.random.Generator | None = None, n_queries: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items of each query by the tree probability, keeping the ``beam`` best prefixes per level.
+
+    ``level_scores(l, prefixes)``: prefixes (Q, b) node numbers at depth l (0 at the root) ->
+    (Q, b, K) log-probabilities of their K children (-inf for empty children is applied here).
+    A prefix's score is the sum of its log-probabilities. At the last level the surviving
+    b x K leaves are items; ``exclude(items (Q, b K)) -> (Q, b K) bool`` removes seen ones.
+    ``temperature`` > 0: a stochastic beam, each level's scores plus Gumbel noise times the
+    temperature (the diversity knob; 0 is the deterministic beam). Returns I (Q, k) item ids
+    (-1 where fewer survive) and S (Q, k) their log-probabilities, best first.
+    """
+    K, L = tree.branching, tree.levels
+    if beam < 1 or k < 1:
+        raise ConfigError(f"beam={beam}, k={k}: need beam >= 1 and k >= 1. Fix: e.g. beam=16, k=10.")
+    rng = rng or np.random.default_rng(0)
+    Q = n_queries
+    prefixes = None
+    score = None
+    for level in range(L):
+        if prefixes is None:
+            logp = np.asarray(level_scores(0, None), dtype=np.float64)  # (Q, 1, K)
+            Q = logp.shape[0]
+            prefixes = np.zeros((Q, 1), dtype=np.int64)
+            score = np.zeros((Q, 1))
+        else:
+            logp = np.asarray(level_scores(level, prefixes), dtype=np.float64)  # (Q, b, K)
+        child = prefixes[:, :, None] * K + np.arange(K)[None, None, :]  # (Q, b, K) node numbers
+        live = tree.occupied[level][child] & np.isfinite(score)[:, :, None]
+        total = np.where(live, score[:, :, None] + logp, -np.inf).reshape(Q, -1)  # (Q, b K)
+        child = child.reshape(Q, -1)
+        if level == L - 1:
+            items = np.where(np.isfinite(total), tree.slot_item[child], -1)  # (Q, b K)
+            if exclude is not None:
+                total = np.where(exclude(items) | (items < 0), -np.inf, total)
+            keep = k
+        else:
+            keep = beam
+        rank = total + (temperature * gumbel_noise(total.shape, rng) if temperature > 0 else 0.0)
+        rank = np.where(np.isfinite(total), rank, -np.inf)
+        keep_n = min(keep, rank.shape[1])
+        top = np.argsort(-rank, axis=1, kind="stable")[:, :keep_n]  # (Q, keep)
+        score = np.take_along_axis(total, top, axis=1)
+        prefixes = np.take_along_axis(child, top, axis=1)
+    items = np.where(np.isfinite(score), tree.slot_item[prefixes], -1)
+    out_I = np.full((Q, k), -1, dtype=np.int64)
+    out_S = np.full((Q, k), -np.inf)
+    out_I[:, : items.shape[1]], out_S[:, : items.shape[1]] = items, np.where(items >= 0, score, -np.inf)
+    return out_I, out_S

@@ -1,0 +1,175 @@
+"""The item tree (balanced codes, lookup tables), beam search, and the TreeSoftmax head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys.errors import ConfigError, DataError
+from recsys.model.heads import KnownPositives, TreeSoftmax
+from recsys.model.towers import ItemTower
+from recsys.retrieval.tree import ItemTree, balanced_codes, beam_search
+from recsys.schema import Schema
+
+
+def test_codes_are_balanced_unique_and_group_similar_items():
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((4, 16)) * 5
+    x = np.repeat(centers, 25, axis=0) + rng.standard_normal((100, 16))  # 4 clusters of 25
+    codes = balanced_codes(x, branching=4, levels=4, seed=0)
+    assert codes.shape == (100, 4) and codes.min() == 0 and codes.max() == 3
+    assert np.bincount(codes[:, 0]).tolist() == [25, 25, 25, 25]  # balanced to one item
+    for c in range(4):  # each first-level node is one planted cluster
+        assert len(np.unique(np.flatnonzero(codes[:, 0] == c) // 25)) == 1
+    tree = ItemTree(codes, 4)
+    assert sorted(tree.slot_item[tree.slot_item >= 0]) == list(range(100))  # one slot per item
+    with pytest.raises(ConfigError, match="K\\^L >= N"):
+        balanced_codes(x, branching=3, levels=2)
+    with pytest.raises(DataError, match="share a leaf"):
+        ItemTree(np.zeros((2, 2), dtype=np.int64), 4)
+
+
+def _exhaustive(logp_fn, tree, Q):
+    """log p(item) = sum of the levels' log-probabilities, for every item."""
+    out = np.zeros((Q, tree.n_items))
+    for i, code in enumerate(tree.codes):
+        prefix = np.zeros((Q, 1), dtype=np.int64)
+        for lv in range(tree.levels):
+            lp = logp_fn(lv, None if lv == 0 else prefix)  # (Q, 1, K)
+            out[:, i] += lp[:, 0, code[lv]]
+            prefix = prefix * tree.branching + code[lv]
+    return out
+
+
+def _random_level_scores(tree, Q, seed=0):
+    rng = np.random.default_rng(seed)
+    tables = [rng.standard_normal(tree.branching ** (lv + 1)) for lv in range(tree.levels)]
+
+    def level_scores(lv, prefixes):
+        pre = np.zeros((Q, 1), dtype=np.int64) if prefixes is None else prefixes
+        child = pre[:, :, None] * tree.branching + np.arange(tree.branching)
+        z = tables[lv][child] + 0.01 * np.arange(Q)[:, None, None]
+        z = np.where(tree.occupied[lv][child], z, -np.inf)
+        return z - np.log(np.exp(z).sum(axis=2, keepdims=True))
+
+    return level_scores
+
+
+def test_a_full_width_beam_is_the_exhaustive_tree_ranking_and_narrow_beams_approach_it():
+    rng = np.random.default_rng(1)
+    tree = ItemTree.build(rng.standard_normal((50, 8)), branching=4, levels=3)  # 64 slots, 50 items
+    Q, k = 5, 10
+    fn = _random_level_scores(tree, Q)
+    exact = _exhaustive(fn, tree, Q)
+    assert np.allclose(np.exp(exact).sum(1), 1.0)  # a normalised distribution over the items
+    top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    I, S = beam_search(fn, tree, beam=16, k=k)  # 16 = every depth-2 prefix
+    assert (I == top).all() and np.allclose(S, np.take_along_axis(exact, top, 1))
+    I1, _ = beam_search(fn, tree, beam=1, k=4)  # greedy: the best leaves under the best path only
+    assert len({tuple(tree.codes[i][:2]) for i in I1[0] if i >= 0}) == 1
+    # seen items are never returned
+    seen = sp.csr_matrix((np.ones(Q), (np.arange(Q), top[:, 0])), shape=(Q, 50))
+    from recsys.retrieval.keys import member
+
+    Ie, _ = beam_search(fn, tree, beam=16, k=k, exclude=lambda items: member(items, seen))
+    assert not (Ie == top[:, :1]).any() and (Ie[:, 0] == top[:, 1]).all()
+
+
+def test_gumbel_beam_is_the_knob_for_diversity():
+    rng = np.random.default_rng(2)
+    tree = ItemTree.build(rng.standard_normal((64, 8)), branching=4, levels=3)
+    fn = _random_level_scores(tree, 1, seed=3)
+    det = [tuple(beam_search(fn, tree, beam=2, k=5)[0][0]) for _ in range(3)]
+    assert len(set(det)) == 1  # temperature 0: deterministic
+    hot = {tuple(beam_search(fn, tree, beam=2, k=5, temperature=2.0, rng=np.random.default_rng(s))[0][0])
+           for s in range(10)}
+    assert len(hot) > 1
+    distinct = {i for lst in hot for i in lst}
+    assert len(distinct) > len(set(det[0]))  # wider coverage over draws
+
+
+N, U, D = 12, 6, 5
+
+
+def _setup(K=4, L=2, mask=False):
+    torch.manual_seed(0)
+    train = sp.random(U, N, density=0.4, random_state=0, format="csr")
+    train.data[:] = 1
+    schema = Schema(n_users=U, n_items=N, bag_size=N, item_counts=np.asarray(train.sum(0)).ravel())
+    head = TreeSoftmax(branching=K, levels=L, dim=D, temperature=0.5, codes_from="random",
+                       mask_known_positives=mask).double()
+    head.bind(schema, KnownPositives(train))
+    items = ItemTower(schema, dim=D, use_features=False, sparse=False).double()
+    return head, items, train
+
+
+def test_tree_loss_is_the_negative_log_of_the_product_of_level_softmaxes():
+    head, items, _ = _setup()
+    q = torch.randn(3, D, dtype=torch.float64)
+    it = torch.tensor([0, 5, 11])
+    out = head(q, {"user": torch.tensor([0, 1, 2]), "item": it}, items)
+    K, tree = 4, head.tree
+    v = items(torch.arange(N))
+    ref = 0.0
+    for b in range(3):
+        code = tree.codes[it[b]]
+        z0 = q[b] @ head.node_emb[0].weight.T / 0.5  # (K,) depth-1 nodes
+        z0 = z0.masked_fill(~torch.from_numpy(tree.occupied[0]), float("-inf"))
+        kids = tree.slot_item[code[0] * K + np.arange(K)]
+        z1 = torch.stack([q[b] @ v[j] / 0.5 if j >= 0 else torch.tensor(float("-inf"), dtype=q.dtype)
+                          for j in kids])
+        ref = ref - torch.log_softmax(z0, 0)[code[0]] - torch.log_softmax(z1, 0)[code[1]]
+    torch.testing.assert_close(out.loss, ref / 3)
+    out.loss.backward()
+    assert head.node_emb[0].weight.grad.abs().sum() > 0 and items.item_emb.weight.grad.abs().sum() > 0
+    # competing siblings per example: the live children at each level less the positive
+    live = sum(tree.occupied[0].sum() - 1 for _ in range(3)) + sum(
+        (tree.slot_item[tree.codes[i][0] * K + np.arange(K)] >= 0).sum() - 1 for i in it.tolist())
+    assert float(out.logs["effective_negatives"]) == pytest.approx(live / 3)
+
+
+def test_tree_probabilities_sum_to_one_and_beam_topk_matches_them():
+    head, items, _ = _setup(K=4, L=2)
+    xq = np.random.default_rng(0).standard_normal((2, D)).astype(np.float32)
+    xb = items.embed_all().detach().float().numpy()
+    # exhaustive p(item | u) through the training loss of each item as the positive
+    with torch.no_grad():
+        logp = np.array([[-float(head(torch.from_numpy(xq[b:b + 1]).double(),
+                                      {"user": torch.tensor([0]), "item": torch.tensor([i])}, items).loss)
+                          for i in range(N)] for b in range(2)])
+    assert np.allclose(np.exp(logp).sum(1), 1.0)
+    I, S = head.beam_topk(xq, xb, k=5, beam=4)  # every depth-1 prefix: exact
+    assert (I == np.argsort(-logp, axis=1, kind="stable")[:, :5]).all()
+    np.testing.assert_allclose(S, np.sort(logp, axis=1)[:, ::-1][:, :5], rtol=1e-4, atol=1e-5)
+    Ir, Sr = head.beam_topk(xq, xb, k=5, beam=4, rerank=True)  # re-ranked by the exact score
+    assert (Ir == np.argsort(-(xq @ xb.T), axis=1, kind="stable")[:, :5]).all()
+
+
+def test_known_positive_mask_changes_the_leaf_softmax():
+    plain, items, train = _setup(mask=False)
+    masked, _, _ = _setup(mask=True)
+    q = torch.randn(4, D, dtype=torch.float64)
+    users = torch.tensor([0, 1, 2, 3])
+    pos = torch.tensor([int(train[u].indices[0]) for u in range(4)])  # each user's own train item
+    b = {"user": users, "item": pos}
+    a, m = plain(q, b, items), masked(q, b, items)
+    assert float(m.logs["accidental_hit_rate"]) > 0 and float(m.loss.detach()) < float(a.loss.detach())
+
+
+def test_tree_state_round_trips_and_sizes_are_checked():
+    head, _, _ = _setup()
+    sd = head.state_dict()
+    fresh = TreeSoftmax(branching=4, levels=2, dim=D, codes_from="random", seed=9).double()
+    fresh.load_state_dict(sd)  # the tree comes back through get_extra_state
+    assert (fresh.tree.codes == head.tree.codes).all()
+    with pytest.raises(ConfigError, match="raise branching"):
+        TreeSoftmax(branching=3, levels=2, dim=D).bind(Schema(n_users=2, n_items=10, bag_size=10),
+                                                        KnownPositives(sp.csr_matrix((2, 10))))
+    head2, items, _ = _setup()
+    with pytest.raises(ConfigError, match="dim=5 but the query tower outputs 7"):
+        head2(torch.randn(2, 7, dtype=torch.float64), {"user": torch.tensor([0, 1]), "item": torch.tensor([0, 1])},
+              items)
+    with pytest.raises(ConfigError, match="beam-aware"):
+        TreeSoftmax(beam_train=4)
