@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -173,3 +175,24 @@ def test_tree_state_round_trips_and_sizes_are_checked():
               items)
     with pytest.raises(ConfigError, match="beam-aware"):
         TreeSoftmax(beam_train=4)
+
+
+def test_evaluate_index_beam_on_a_fitted_tree_model(tmp_path, capsys):
+    from recsys.commands.console import main
+    from tests.conftest import config_args
+
+    tiny = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4"]
+    main(["fit", *config_args("synthetic", "tree"), *tiny, "--model.head.init_args.branching=10",
+          "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    def beam(width, **params):
+        main(["evaluate", "--ckpt", str(ckpt), "--index", "beam", "--beam", str(width), "--k", "5",
+              "--index-params", json.dumps(params), "--out", str(tmp_path)])
+        return json.loads((tmp_path / "eval_test.json").read_text())["metrics"]
+
+    # every depth-1 prefix kept and the leaves re-ranked by q . v: the exact two-tower top-k
+    assert beam(10, rerank=True)["index_recall"] == 1.0
+    assert 0 <= beam(1, rerank=True)["index_recall"] < 1.0  # one prefix: the other branches' items are lost
+    assert "recall@5" in beam(10)
+    with pytest.raises(ConfigError, match="applies to --index beam"):
+        main(["evaluate", "--ckpt", str(ckpt), "--beam", "4"])

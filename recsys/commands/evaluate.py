@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, require
 
 RANK_COLUMNS = ("recall", "ndcg", "mrr", "hit", "coverage")
 
@@ -67,8 +67,9 @@ def main(argv: list[str]) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by `recsys fit`")
     p.add_argument("--k", type=int, nargs="+", default=[10, 20, 50], help="cut-offs (default 10 20 50)")
-    p.add_argument("--index", default="exact", choices=["exact", "flat", "ivf", "hnsw"],
-                   help="retriever (default exact)")
+    p.add_argument("--index", default="exact", choices=["exact", "flat", "ivf", "hnsw", "beam"],
+                   help="retriever (default exact); beam: beam search over a TreeSoftmax head's item tree")
+    p.add_argument("--beam", type=int, default=None, help="with --index beam: prefixes kept per level (default 16)")
     p.add_argument("--index-params", default=None, help="retriever parameters as JSON, e.g. '{\"nprobe\": 32}'")
     p.add_argument("--split", default="test", choices=["test", "valid", "cold_items"],
                    help="test (default), valid, or cold_items: the test items absent from train and validation, "
@@ -76,6 +77,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's run folder)")
     p.add_argument("--data-root", default=None, help="data folder (default: the fit config's, else $RECSYS_DATA)")
     a = p.parse_args(argv)
-    _, table = evaluate_checkpoint(a.ckpt, a.split, a.k, a.index, parse_json_arg(a.index_params, "--index-params"),
-                                   a.out, a.data_root)
+    params = parse_json_arg(a.index_params, "--index-params")
+    if a.beam is not None:
+        require(a.index == "beam", f"--beam {a.beam} with --index {a.index}: the beam width applies to --index beam. "
+                "Fix: add --index beam, or drop --beam.")
+        params = {**(params or {}), "beam": a.beam}
+    _, table = evaluate_checkpoint(a.ckpt, a.split, a.k, a.index, params, a.out, a.data_root)
     print(table)

@@ -26,7 +26,7 @@ from recsys.eval.baselines import Baseline
 from recsys.eval.metrics import per_user_metrics, propensity_metrics, ranking_metrics
 from recsys.retrieval import make_retriever, recall_vs_exact
 
-__all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "topk_metrics", "embed_queries"]
+__all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "evaluate_beam", "topk_metrics", "embed_queries"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,4 +131,29 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), index: str = "exact"
     users, xq = embed_queries(model.query_tower, data.eval_dataloader(split))
     xb = model.item_embeddings().float().cpu().numpy()
     model.train(was)
+    if index == "beam":
+        return evaluate_beam(model.head, xq, users, xb, data.data, split, ks, **(index_params or {}))
     return evaluate_embeddings(xq, users, xb, data.data, split, ks, index, index_params)
+
+
+def evaluate_beam(head, xq: np.ndarray, users: np.ndarray, xb: np.ndarray, data: RecData, split: str = "valid",
+                  ks: tuple[int, ...] = (10, 20), beam: int = 16, temperature: float = 0.0, rerank: bool = False,
+                  seed: int = 0) -> EvalResult:
+    """Metrics of beam search over a tree head's item index (``TreeSoftmax.beam_topk``: ``beam``
+    prefixes per level, seen items excluded; ``temperature`` > 0 a Gumbel beam, ``rerank`` orders
+    the surviving leaves by the exact score); ``index_recall`` is the overlap of its top-k with the
+    exact two-tower top-k (inner products of the same embeddings)."""
+    require(hasattr(head, "beam_topk"), f"index='beam' needs a head with an item tree (TreeSoftmax); this model's "
+            f"head is {type(head).__name__}. Fix: train with model.head TreeSoftmax, or use index exact / ivf / hnsw.")
+    require(data.candidates(split) is None, f"index='beam' ranks the whole catalogue; split {split!r} ranks a subset. "
+            "Fix: use index='exact' for cold_items.")
+    exclude = data.seen(split)[users]
+    t = time.perf_counter()
+    I, _ = head.beam_topk(xq, xb, max(ks), beam=beam, exclude=exclude, temperature=temperature, rerank=rerank,
+                          rng=np.random.default_rng(seed))
+    res = topk_metrics(I, users, data, split, ks, seconds=time.perf_counter() - t)
+    _, I_exact = make_retriever("exact").build(np.ascontiguousarray(xb)).search(
+        np.ascontiguousarray(xq, dtype=np.float32), max(ks), exclude=exclude)
+    res.metrics["index_recall"] = recall_vs_exact(np.where(I >= 0, I, -1), I_exact)
+    logger.info("beam %d over %d queries: %.2fs", beam, len(xq), res.metrics["search_seconds"])
+    return res
