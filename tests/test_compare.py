@@ -148,3 +148,32 @@ def test_best_head_gets_more_seeds_and_a_grid_can_be_replaced(tmp_path):
     with pytest.raises(ConfigError, match="baseline-grid"):
         main(["compare", "--config", str(base), "--heads", "none", "--baselines", "ease",
               "--baseline-grid", "ease.lambda_", "--out", str(out)])
+
+
+def test_an_interrupted_compare_resumes_its_runs(tmp_path):
+    base = tmp_path / "cfg" / "base.yaml"
+    base.parent.mkdir()
+    base.write_text(yaml.safe_dump(BASE))
+    (base.parent / "inbatch.yaml").write_text(yaml.safe_dump(INBATCH))
+    out = tmp_path / "out"
+    args = ["compare", "--config", str(base), "--heads", "inbatch", "--seeds", "1", "--baselines", "none",
+            "--out", str(out)]
+    main([*args, "--max-epochs", "1"])
+    first = json.loads((out / "results.json").read_text())["runs"][0]
+    record = out / "runs" / "inbatch" / "seed0" / "record.json"
+    assert record.is_file()
+    main([*args, "--max-epochs", "1", "--resume"])  # the record is reused as it is
+    again = json.loads((out / "results.json").read_text())["runs"][0]
+    assert again["test"] == first["test"] and again["train_seconds"] == first["train_seconds"]
+    record.unlink()  # no record, a last.ckpt whose fit had ended: scored only, same model
+    main([*args, "--max-epochs", "1", "--resume"])
+    scored = json.loads((out / "results.json").read_text())["runs"][0]
+    drop = {"search_seconds"}  # wall time of the scoring
+    assert scored["resumed"] and ({k: v for k, v in scored["test"].items() if k not in drop}
+                                  == pytest.approx({k: v for k, v in first["test"].items() if k not in drop}))
+    assert scored["epoch_clock"] == first["epoch_clock"]  # the clock comes back from the checkpoint
+    record.unlink()  # a longer budget: the fit continues from last.ckpt for one more epoch
+    main([*args, "--max-epochs", "2", "--resume"])
+    more = json.loads((out / "results.json").read_text())["runs"][0]
+    assert more["resumed"] and more["epochs"] == 2 and [e["epoch"] for e in more["epoch_clock"]] == [0, 1]
+    assert more["epoch_clock"][0] == first["epoch_clock"][0]

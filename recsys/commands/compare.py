@@ -154,36 +154,74 @@ def make_cli(args: list[str]):
         return RecsysCLI(args=args, run=False)
 
 
-def train_head(args: list[str], ks_req: list[int], resolved: Path) -> tuple[dict, object]:
+def train_head(args: list[str], ks_req: list[int], resolved: Path, run_dir: Path | None = None,
+               resume: bool = False) -> tuple[dict, object]:
     """Fit one config, reload its best checkpoint, score test and validation at ``curve_ks``
-    of ``ks_req``; returns (record, the run's RecData)."""
+    of ``ks_req``; returns (record, the run's RecData). The record is also written to
+    ``run_dir/record.json``. ``resume``: a run with a record is taken as it is; one with a
+    ``last.ckpt`` continues from it (Lightning restores the loops, optimizer and callbacks, the
+    ``EpochClock`` included), or, when that checkpoint's fit had ended (max_epochs or early
+    stopping), is only scored; its peak RSS then covers the scoring only."""
     import torch
 
     from recsys.eval.evaluate import evaluate
 
+    record = run_dir / "record.json" if run_dir is not None else None
+    if resume and record is not None and record.is_file():
+        cli = make_cli(args)
+        _say(f"compare: reusing {record}")
+        return json.loads(record.read_text()), cli.datamodule.data
     with PeakRSS() as mem:
         cli = make_cli(args)
         resolved.write_text(cli.model.recsys_config or "")  # the composed config of this run
+        last = run_dir / "checkpoints" / "last.ckpt" if run_dir is not None else None
+        state = (torch.load(last, map_location="cpu", weights_only=True)
+                 if resume and last is not None and last.is_file() else None)
         t = time.perf_counter()
-        cli.trainer.fit(cli.model, cli.datamodule)
+        if state is not None and _fit_ended(state, cli.trainer):  # only score it
+            for cb in cli.trainer.callbacks:
+                if cb.state_key in state.get("callbacks", {}):
+                    cb.load_state_dict(state["callbacks"][cb.state_key])
+            _say(f"compare: {last} ended its fit; scoring it")
+        else:
+            cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if state is not None else None)
         secs = time.perf_counter() - t
         ck = cli.trainer.checkpoint_callback
         best, best_epoch = (ck.best_model_path if ck else ""), None
         if best:
-            state = torch.load(best, map_location="cpu", weights_only=True)
-            cli.model.load_state_dict(state["state_dict"])
-            best_epoch = int(state.get("epoch", -1))
+            best_state = torch.load(best, map_location="cpu", weights_only=True)
+            cli.model.bind(cli.datamodule.data)
+            cli.model.load_state_dict(best_state["state_dict"])
+            best_epoch = int(best_state.get("epoch", -1))
         cli.model.cpu()
         ks = curve_ks(ks_req, cli.datamodule.data.n_items)
         res = {s: evaluate(cli.model, cli.datamodule, s, ks).metrics for s in ("test", "valid")}
     score = ck.best_model_score if ck is not None else None
-    rec = {"train_seconds": secs, "epochs": int(cli.trainer.current_epoch), "best_epoch": best_epoch,
-           **clock_record(cli.trainer, best_epoch),
+    clock = clock_record(cli.trainer, best_epoch)
+    if state is not None and clock.get("epoch_clock"):  # resumed: the fit's time is the clock's
+        secs = clock["epoch_clock"][-1]["elapsed_s"]
+    rec = {"train_seconds": secs, "epochs": int(clock["epoch_clock"][-1]["epoch"]) + 1 if clock.get("epoch_clock")
+           else int(cli.trainer.current_epoch), "best_epoch": best_epoch, "resumed": state is not None,
+           **clock,
            "checkpoint": best or None,
            "prior_weight": cli.model.served_prior_weight,
            "best_val_ndcg@10": None if score is None else float(score),
            **mem.as_dict(), **res}
+    if record is not None:
+        record.write_text(json.dumps(json_safe(rec), indent=1))
     return rec, cli.datamodule.data
+
+
+def _fit_ended(state: dict, trainer) -> bool:
+    """Whether the fit that wrote checkpoint ``state`` had ended: its last epoch was the
+    trainer's ``max_epochs`` or early stopping had run out of patience."""
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+    if max_epochs >= 0 and int(state.get("epoch", -1)) + 1 >= max_epochs:
+        return True
+    for key, cb in state.get("callbacks", {}).items():
+        if key.startswith("EarlyStopping") and cb.get("wait_count", 0) >= cb.get("patience", 1 << 30):
+            return True
+    return False
 
 
 def clock_record(trainer, best_epoch: int | None) -> dict:
@@ -377,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-head-seeds", type=int, default=None, metavar="S",
                    help="after every head ran on --seeds, train the head with the best mean validation "
                         "NDCG@10 on seeds 0..S-1 too (e.g. --seeds 1 --best-head-seeds 3)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: heads with a record.json are reused, one with a "
+                        "last.ckpt continues from it (baselines are fitted again)")
     p.add_argument("--no-tune-baselines", action="store_true",
                    help="keep the baselines' default settings instead of tuning them on validation")
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<timestamp>)")
@@ -387,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, runs,
-              data=None) -> tuple[dict, object]:
+              data=None, resume: bool = False) -> tuple[dict, object]:
     """Train every (head, seed) on ``base + head file + run overrides``; append records to
     ``runs``; return (head config sources, data). ``data``: the RecData earlier runs loaded
     (every run must load that same one)."""
@@ -400,7 +441,8 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
                                           sort_keys=False))
             args = ["--config", str(base_path), *head_args, "--config", str(run), *extra]
             _say(f"compare: {head} seed {seed} ({sources[head]})")
-            rec, d = train_head(args, ks_req, out / "configs" / f"{head}_seed{seed}.yaml")
+            rec, d = train_head(args, ks_req, out / "configs" / f"{head}_seed{seed}.yaml",
+                                out / "runs" / head / f"seed{seed}", resume)
             if data is not None and d is not data:
                 raise ConfigError(f"run {head} seed {seed} loaded other data than the first run: compare needs "
                                   "one dataset. Fix: keep the data settings in the base config only.")
@@ -514,13 +556,14 @@ def main(argv: list[str]) -> None:
     runs: list[dict] = []
     t_all = time.perf_counter()
     with shared_cache() as cache:  # every run's DataModule gets the same RecData
-        sources, data = run_heads(heads, seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs)
+        sources, data = run_heads(heads, seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs,
+                                  resume=a.resume)
         best_head = None
         if a.best_head_seeds and heads:
             best_head = best_by_validation(runs)
             more = [s for s in range(a.best_head_seeds) if s not in seeds]
             _say(f"compare: best head on validation NDCG@10: {best_head}; more seeds {more}")
-            run_heads([best_head], more, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data)
+            run_heads([best_head], more, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data, a.resume)
         if data is None:  # baselines only: the data of the base config
             run = out / "configs" / "data.run.yaml"
             run.write_text(yaml.safe_dump(run_overrides(seeds[0], out / "runs" / "data", None), sort_keys=False))
