@@ -9,7 +9,7 @@ import yaml
 from recsys.commands.console import main
 from tests.conftest import HEAD_NAMES, REPO, SHARED, config_args
 
-DATASETS = ("synthetic", "ml-100k", "ml-1m", "gowalla")
+DATASETS = ("synthetic", "ml-100k", "ml-1m", "gowalla", "bibtex")
 RUNS = [(ds, h) for ds in DATASETS for h in HEAD_NAMES] + [("synthetic", "tree"), ("ml-1m", "tree")]
 TINY_ARGS = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4"]
 
