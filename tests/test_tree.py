@@ -145,6 +145,8 @@ def test_tree_probabilities_sum_to_one_and_beam_topk_matches_them():
     I, S = head.beam_topk(xq, xb, k=5, beam=4)  # every depth-1 prefix: exact
     assert (I == np.argsort(-logp, axis=1, kind="stable")[:, :5]).all()
     np.testing.assert_allclose(S, np.sort(logp, axis=1)[:, ::-1][:, :5], rtol=1e-4, atol=1e-5)
+    I1, S1 = head.beam_topk(xq, xb, k=5, beam=4, chunk=1)  # query chunks: the same answer
+    assert (I1 == I).all() and np.allclose(S1, S)
     Ir, Sr = head.beam_topk(xq, xb, k=5, beam=4, rerank=True)  # re-ranked by the exact score
     assert (Ir == np.argsort(-(xq @ xb.T), axis=1, kind="stable")[:, :5]).all()
 

@@ -181,15 +181,24 @@ class TreeSoftmax(Head):
         return [e.weight.detach().float().cpu().numpy() for e in self.node_emb]
 
     def beam_topk(self, xq: np.ndarray, xb: np.ndarray, k: int, beam: int = 16, exclude=None,
-                  temperature: float = 0.0, rerank: bool = False, rng: np.random.Generator | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  temperature: float = 0.0, rerank: bool = False, rng: np.random.Generator | None = None,
+                  chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items of queries ``xq`` (Q, D) by beam search over the tree (``beam`` prefixes per
         level), with ``xb`` (N, D) the item tower's embeddings (the leaves). ``exclude``: a (Q, N)
         CSR of seen items. ``temperature`` > 0: a stochastic (Gumbel) beam. ``rerank``: order the
-        surviving leaves by the exact score q . v instead of the tree probability.
+        surviving leaves by the exact score q . v instead of the tree probability. Queries are
+        searched ``chunk`` at a time (a level holds (chunk, beam, K, D) node vectors).
         Returns I (Q, k) item ids (-1 pads) and S (Q, k) scores."""
         if self.tree is None:
             raise ConfigError("TreeSoftmax has no tree: fit or load a checkpoint first.")
+        rng = rng or np.random.default_rng(0)
+        parts = [self._beam_chunk(xq[s:s + chunk], xb, k, beam, None if exclude is None else exclude[s:s + chunk],
+                                  temperature, rerank, rng) for s in range(0, len(xq), chunk)]
+        if not parts:
+            return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _beam_chunk(self, xq, xb, k, beam, exclude, temperature, rerank, rng):
         T = float(self.temperature())
         tables, slot_item, K = self.level_tables(), self.tree.slot_item, self.K
         xq = np.asarray(xq, dtype=np.float32)
