@@ -147,16 +147,16 @@ class EASE(Baseline):
     as a sparse row times B (nnz(X[u]) rows of B summed), never as a dense (Q, N) @ (N, N).
 
     Precision and memory: up to ``float64_items`` items G is inverted in float64 with numpy
-    (three N x N float64 matrices: 10 GB at N = 20k). Above it, in float32 in place: one N x N
-    float32 buffer holds G, then its Cholesky factor and inverse (LAPACK ``spotrf`` /
-    ``spotri``), then B, so the fit needs ~4 N^2 bytes (6.7 GB at Gowalla's N = 41k) plus the
-    sparse co-occurrence; the cost is ~N^3 flops (~7 x 10^13 at N = 41k: 10-20 minutes on 2
-    cores). ``max_items`` guards against catalogues where that does not fit.
+    (three N x N float64 matrices: 10 GB at N = 20k). Above it, in float32 with at most two
+    N x N buffers alive (G then its Cholesky factor, the factor then the inverse, which becomes
+    B in place; ``_ease_float32_inplace``): ~8 N^2 bytes at the peak (13.4 GB at Gowalla's
+    N = 41k) plus the sparse co-occurrence; the cost is ~N^3 flops (~7 x 10^13 at N = 41k: 10-20
+    minutes on 2 cores). ``max_items`` guards against catalogues where that does not fit.
 
     Args:
         lambda_: L2 weight (Steck's choice for ML-20M: 500; best on ML-1M validation
             NDCG@10 under our protocol: 1000, within 0.001 of 500).
-        max_items: refuse N above this (50k: 10 GB in float32).
+        max_items: refuse N above this (50k: 20 GB in float32).
         float64_items: largest N inverted in float64; above it float32 in place.
     """
 
@@ -191,7 +191,7 @@ class EASE(Baseline):
     @staticmethod
     def memory_bytes(n_items: int) -> int:
         """Bytes of the dense matrices of a fit at ``n_items`` (float64 path: three N x N)."""
-        return 4 * n_items**2 if n_items > 20_000 else 3 * 8 * n_items**2
+        return 8 * n_items**2 if n_items > 20_000 else 3 * 8 * n_items**2
 
     def query_vectors(self, users):
         return self.train[users].toarray()  # (Q, N) binary train rows
@@ -205,37 +205,32 @@ class EASE(Baseline):
 
 
 def _ease_float32_inplace(X: sp.csr_matrix, lam: float, step: int = 2048) -> np.ndarray:
-    """EASE's B (N, N) float32 from X (U, N) in one N x N buffer: G = X^T X + lam I, its
-    Cholesky factor and inverse P in place (LAPACK spotrf / spotri on the upper triangle),
-    P symmetrised, then B = -P / diag(P) column-wise with a zero diagonal."""
-    from scipy.linalg import lapack
+    """EASE's B (N, N) float32 from X (U, N) with at most two N x N buffers alive: G = X^T X +
+    lam I, its Cholesky factor L (torch.linalg.cholesky; G is freed), P = G^-1 from L
+    (torch.cholesky_inverse; L is freed), then B = -P / diag(P) column-wise in place with a zero
+    diagonal. torch's LAPACK is used because scipy's 32-bit-index OpenBLAS (spotrf / spotri)
+    crashed at N = 40,981 (a segfault inside libscipy_openblas, N^2 > 2^31 bytes / 4)."""
+    import torch
 
     N = X.shape[1]
     C = (X.T @ X).astype(np.float32).tocsr()  # (N, N) sparse co-occurrence
-    G = C.toarray()  # (N, N) float32, C order
+    G = C.toarray()  # (N, N) float32
     del C
     G[np.diag_indices(N)] += np.float32(lam)
-    # G is symmetric, so G.T (Fortran order, same memory) is G: LAPACK works on it in place
-    c, info = lapack.spotrf(G.T, lower=0, clean=0, overwrite_a=1)
-    if info != 0 or not np.shares_memory(c, G):
-        raise ConfigError(f"EASE lambda={lam:g}: the float32 Cholesky of X^T X + lambda I failed (info={info}). "
+    Gt = torch.from_numpy(G)  # shares G's memory
+    L, info = torch.linalg.cholesky_ex(Gt)
+    del Gt, G
+    if int(info) != 0:
+        raise ConfigError(f"EASE lambda={lam:g}: the float32 Cholesky of X^T X + lambda I failed (info={int(info)}). "
                           "Fix: raise lambda_ (e.g. x10).")
-    p, info = lapack.spotri(c, lower=0, overwrite_c=1)
-    if info != 0 or not np.shares_memory(p, G):
-        raise ConfigError(f"EASE lambda={lam:g}: the float32 inverse failed (info={info}). Fix: raise lambda_.")
-    # the upper triangle of the Fortran view = the lower triangle of G (C order) holds P:
-    # mirror it into the upper triangle, ``step`` rows at a time
-    for r0 in range(0, N, step):
-        r1 = min(r0 + step, N)
-        blk = G[r0:r1, r0:]  # rows r0:r1, columns r0: (the upper part is stale, the lower valid)
-        blk[:, r1 - r0:] = G[r1:, r0:r1].T  # strictly right of the diagonal block
-        d = blk[:, : r1 - r0]
-        iu = np.triu_indices(r1 - r0, 1)
-        d[iu] = d.T[iu]
-    d = np.diag(G).copy()  # (N,) P_jj
-    G /= -d[None, :]  # B_ij = -P_ij / P_jj
-    G[np.diag_indices(N)] = 0.0
-    return G
+    P = torch.cholesky_inverse(L)  # (N, N) = G^-1, symmetric
+    del L
+    B = P.numpy()
+    d = np.diag(B).copy()  # (N,) P_jj
+    for r0 in range(0, N, step):  # B_ij = -P_ij / P_jj, ``step`` rows at a time (no N x N temporary)
+        B[r0:r0 + step] /= -d[None, :]
+    B[np.diag_indices(N)] = 0.0
+    return B
 
 
 class ALS(Baseline):
