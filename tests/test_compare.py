@@ -57,12 +57,18 @@ def test_aggregate_and_curve_ks():
     assert curve_ks([10, 20, 50], 30) == (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 25, 30)
 
 
-def test_compare_end_to_end(tmp_path, capsys):
+def _config_folder(tmp_path, **heads):
+    """tmp_path/cfg with the tiny base.yaml and one <head>.yaml per keyword; returns the base path."""
     base = tmp_path / "cfg" / "base.yaml"
     base.parent.mkdir()
     base.write_text(yaml.safe_dump(BASE))
-    (base.parent / "inbatch.yaml").write_text(yaml.safe_dump(INBATCH))
-    (base.parent / "full.yaml").write_text(yaml.safe_dump(FULL))
+    for name, spec in heads.items():
+        (base.parent / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    return base
+
+
+def test_compare_end_to_end(tmp_path, capsys):
+    base = _config_folder(tmp_path, inbatch=INBATCH, full=FULL)
     out = tmp_path / "out"
     main(["compare", "--config", str(base), "--heads", "inbatch,full", "--seeds", "2", "--baselines", "pop,ease",
           "--max-epochs", "1", "--k", "5", "10", "20", "--out", str(out), "--baseline-param", "ease.lambda_=50"])
@@ -130,11 +136,7 @@ def test_baselines_are_tuned_on_validation_and_listed_once(tmp_path):
 
 
 def test_best_head_gets_more_seeds_and_a_grid_can_be_replaced(tmp_path):
-    base = tmp_path / "cfg" / "base.yaml"
-    base.parent.mkdir()
-    base.write_text(yaml.safe_dump(BASE))
-    (base.parent / "inbatch.yaml").write_text(yaml.safe_dump(INBATCH))
-    (base.parent / "full.yaml").write_text(yaml.safe_dump(FULL))
+    base = _config_folder(tmp_path, inbatch=INBATCH, full=FULL)
     out = tmp_path / "out"
     main(["compare", "--config", str(base), "--heads", "inbatch,full", "--seeds", "1", "--best-head-seeds", "2",
           "--baselines", "ease", "--baseline-grid", "ease.lambda_=5,500", "--max-epochs", "1", "--out", str(out)])
