@@ -55,6 +55,7 @@ BASELINE_GRIDS = {
     "ovr": {"C": [0.25, 1.0, 4.0, 16.0], "tfidf": [True, False]},
 }
 TABLE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+XMC_TABLE = ("precision@1", "precision@3", "precision@5", "psp@1", "psp@3", "psp@5")  # multi-label documents
 
 
 # ---- configs -------------------------------------------------------------------------
@@ -94,6 +95,26 @@ def run_overrides(seed: int, run_dir: Path, max_epochs: int | None) -> dict:
     if max_epochs is not None:
         trainer["max_epochs"] = max_epochs
     return {"seed_everything": seed, "trainer": trainer, "checkpoint": {"dirpath": str(run_dir / "checkpoints")}}
+
+
+def refit_overrides(seed: int, run_dir: Path, rec: dict) -> dict:
+    """The run config of a refit (``--refit``): the validated run's seed and best epoch count,
+    train + validation as training data, no validation, its chosen prior weight."""
+    over = run_overrides(seed, run_dir, int(rec["best_epoch"]) + 1)
+    over["trainer"]["limit_val_batches"] = 0
+    over["data"] = {"refit": True}
+    if rec.get("prior_weight") is not None:
+        over["model"] = {"prior_weight": float(rec["prior_weight"])}
+    return over
+
+
+def merge_refit(rec: dict, refit: dict) -> dict:
+    """A validated run's record with its refit's test metrics as ``test`` (the validated
+    run's kept as ``test_validated``) and the refit's cost under ``refit``."""
+    cost = {k: refit.get(k) for k in ("train_seconds", "epochs", "peak_rss_mb", "ru_maxrss_mb",
+                                      "epoch_train_seconds", "examples_per_second")}
+    extra = {k: v for k, v in refit.items() if k.startswith("test_") and k != "test_validated"}
+    return {**rec, "test_validated": rec["test"], "test": refit["test"], **extra, "refit": cost}
 
 
 # ---- resource meters ----------------------------------------------------------------------
@@ -155,9 +176,10 @@ def make_cli(args: list[str]):
 
 
 def train_head(args: list[str], ks_req: list[int], resolved: Path, run_dir: Path | None = None,
-               resume: bool = False) -> tuple[dict, object]:
-    """Fit one config, reload its best checkpoint, score test and validation at ``curve_ks``
-    of ``ks_req``; returns (record, the run's RecData). The record is also written to
+               resume: bool = False, splits: tuple[str, ...] = ("test", "valid")) -> tuple[dict, object]:
+    """Fit one config, reload its best checkpoint (a fit without validation, e.g. a refit:
+    its last state), score ``splits`` at ``curve_ks`` of ``ks_req``; returns (record, the
+    run's RecData). The record is also written to
     ``run_dir/record.json``. ``resume``: a run with a record is taken as it is; one with a
     ``last.ckpt`` continues from it (Lightning restores the loops, optimizer and callbacks, the
     ``EpochClock`` included), or, when that checkpoint's fit had ended (max_epochs or early
@@ -195,7 +217,8 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path, run_dir: Path
             best_epoch = int(best_state.get("epoch", -1))
         cli.model.cpu()
         ks = curve_ks(ks_req, cli.datamodule.data.n_items)
-        res = {s: evaluate(cli.model, cli.datamodule, s, ks).metrics for s in ("test", "valid")}
+        res = {s: evaluate(cli.model, cli.datamodule, s, ks).metrics for s in splits}
+        res.update(calibration_record(cli.model, cli.datamodule, splits))
     score = ck.best_model_score if ck is not None else None
     clock = clock_record(cli.trainer, best_epoch)
     if state is not None and clock.get("epoch_clock"):  # resumed: the fit's time is the clock's
@@ -210,6 +233,18 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path, run_dir: Path
     if record is not None:
         record.write_text(json.dumps(json_safe(rec), indent=1))
     return rec, cli.datamodule.data
+
+
+def calibration_record(model, data, splits) -> dict:
+    """``{"test_calibration": {ece, brier, ...}}`` for multi-label document data (the data
+    sets ``propensity_ab``) and a model that defines probabilities, else empty."""
+    from recsys.eval.evaluate import calibration
+
+    d = getattr(data, "data", data)
+    if d.propensity_ab is None or "test" not in splits:
+        return {}
+    c = calibration(model, data, "test")
+    return {} if c is None else {"test_calibration": c}
 
 
 def _fit_ended(state: dict, trainer) -> bool:
@@ -275,9 +310,9 @@ def tune_baseline(name: str, fixed: dict, seed: int, data, metric: str = "ndcg@1
 
 
 def fit_baseline(name: str, params: dict, seed: int, data, ks: tuple[int, ...], model=None,
-                 mem: dict | None = None) -> dict:
+                 mem: dict | None = None, splits: tuple[str, ...] = ("test", "valid")) -> dict:
     """Fit one baseline on ``data.train`` (or take ``model``, already fitted with these settings
-    and seed while tuning, and its PeakRSS dict ``mem``) and score test and validation."""
+    and seed while tuning, and its PeakRSS dict ``mem``) and score ``splits``."""
     from recsys.eval.baselines import BASELINES, make_baseline
     from recsys.eval.evaluate import evaluate
 
@@ -286,7 +321,8 @@ def fit_baseline(name: str, params: dict, seed: int, data, ks: tuple[int, ...], 
         kw.setdefault("seed", seed)
     with PeakRSS() as meter:
         model = model if model is not None else make_baseline(name, **kw).fit(data)
-        res = {s: evaluate(model, data, s, ks).metrics for s in ("test", "valid")}
+        res = {s: evaluate(model, data, s, ks).metrics for s in splits}
+        res.update(calibration_record(model, data, splits))
     m = meter.as_dict()
     if mem:  # the fit ran while tuning: its memory is the larger of the two blocks
         m = {k: max(v, mem.get(k, v)) if isinstance(v, float) and math.isfinite(v) else v for k, v in m.items()}
@@ -307,8 +343,9 @@ def aggregate(runs: list[dict]) -> dict:
     for model in dict.fromkeys(r["model"] for r in runs):
         rs = [r for r in runs if r["model"] == model]
         agg = {"kind": rs[0]["kind"], "seeds": [r["seed"] for r in rs]}
-        for split in ("test", "valid"):
-            agg[split] = {k: s for k in rs[0][split] if (s := _stat([r[split].get(k) for r in rs]))}
+        for split in ("test", "valid", "test_validated", "test_calibration"):
+            if split in rs[0]:
+                agg[split] = {k: s for k in rs[0][split] if (s := _stat([r.get(split, {}).get(k) for r in rs]))}
         for k in ("train_seconds", "epochs", "peak_rss_mb", "ru_maxrss_mb", "gpu_peak_mb", "best_val_ndcg@10",
                   "prior_weight", "seconds_to_best", "epoch_train_seconds", "examples_per_second"):
             if (s := _stat([r.get(k) for r in rs])) is not None:
@@ -317,9 +354,10 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def results_table(agg: dict) -> str:
-    """model | R@10 | N@10 | R@20 | N@20 (mean±std over seeds) | train s | s to best | s / epoch |
-    ex / s | epochs | peak MB | prior w.
+def results_table(agg: dict, metrics: tuple[str, ...] = TABLE) -> str:
+    """model | ``metrics`` (mean±std over seeds; default R@10 | N@10 | R@20 | N@20) | ECE (where
+    the runs measured calibration) | train s | s to best | s / epoch | ex / s | epochs | peak MB
+    | prior w.
 
     ``s to best``: wall time from the start of the fit to the end of the best epoch's
     validation; ``s / epoch`` and ``ex / s``: training only (validation excluded);
@@ -330,8 +368,11 @@ def results_table(agg: dict) -> str:
         return None if s is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
     rows = []
+    ece = any("test_calibration" in a for a in agg.values())
     for model, a in agg.items():
-        row = {"model": model, **{m: ms(a["test"].get(m), 4) for m in TABLE}}
+        row = {"model": model, **{m: ms(a["test"].get(m), 4) for m in metrics}}
+        if ece:
+            row["ECE"] = ms(a.get("test_calibration", {}).get("ece"), 4)
         t, ep, mb, pw = (a.get(k) for k in ("train_seconds", "epochs", "peak_rss_mb", "prior_weight"))
         tb, es, xs = (a.get(k) for k in ("seconds_to_best", "epoch_train_seconds", "examples_per_second"))
         row.update({"train s": ms(t, 1), "s to best": tb and f"{tb['mean']:.0f}",
@@ -339,8 +380,8 @@ def results_table(agg: dict) -> str:
                     "epochs": ep and f"{ep['mean']:.1f}",
                     "peak RSS MB": mb and f"{mb['mean']:.0f}", "prior w": pw and f"{pw['mean']:.2g}"})
         rows.append(row)
-    return markdown_table(rows, ["model", *TABLE, "train s", "s to best", "s / epoch", "ex / s", "epochs",
-                                 "peak RSS MB", "prior w"])
+    return markdown_table(rows, ["model", *metrics, *(["ECE"] if ece else []), "train s", "s to best", "s / epoch",
+                                 "ex / s", "epochs", "peak RSS MB", "prior w"])
 
 
 def curve_ks(ks: list[int], n_items: int) -> tuple[int, ...]:
@@ -418,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out: heads with a record.json are reused, one with a "
                         "last.ckpt continues from it (baselines are fitted again)")
+    p.add_argument("--refit", action="store_true",
+                   help="after choosing on validation, refit every head (its best epoch count) and baseline (its "
+                        "chosen settings) on train + validation and report that fit's test metrics")
     p.add_argument("--no-tune-baselines", action="store_true",
                    help="keep the baselines' default settings instead of tuning them on validation")
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<timestamp>)")
@@ -428,10 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, runs,
-              data=None, resume: bool = False) -> tuple[dict, object]:
+              data=None, resume: bool = False, refit: bool = False) -> tuple[dict, object]:
     """Train every (head, seed) on ``base + head file + run overrides``; append records to
     ``runs``; return (head config sources, data). ``data``: the RecData earlier runs loaded
-    (every run must load that same one)."""
+    (every run must load that same one). ``refit``: each validated run is followed by a refit
+    on train + validation for its best epoch count (``refit_overrides``), whose test metrics
+    the record reports."""
     sources = {}
     for head in heads:
         head_args, sources[head] = head_source(head, folder)
@@ -447,6 +493,16 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
                 raise ConfigError(f"run {head} seed {seed} loaded other data than the first run: compare needs "
                                   "one dataset. Fix: keep the data settings in the base config only.")
             data = d
+            if refit and rec.get("best_epoch") is not None:
+                rdir = out / "runs" / head / f"seed{seed}-refit"
+                rrun = out / "configs" / f"{head}_seed{seed}.refit.run.yaml"
+                rrun.write_text(yaml.safe_dump(refit_overrides(seed, rdir, rec), sort_keys=False))
+                _say(f"compare: {head} seed {seed}: refit on train + validation for {rec['best_epoch'] + 1} epochs")
+                r, _ = train_head(["--config", str(base_path), *head_args, "--config", str(rrun), *extra], ks_req,
+                                  out / "configs" / f"{head}_seed{seed}.refit.yaml", rdir, resume, splits=("test",))
+                rec = merge_refit(rec, r)
+            elif refit:
+                logger.warning("compare: %s seed %d has no validation-best epoch: not refitted", head, seed)
             runs.append({"model": head, "kind": "head", "seed": seed, "config": str(run),
                          "head_config": sources[head], **rec})
             _say(f"compare: {head} seed {seed}: {rec['train_seconds']:.1f}s, {rec['epochs']} epochs, "
@@ -455,11 +511,13 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
 
 
 def run_baselines(baselines, seeds, params, data, ks_req, runs, tune: bool = True, tuning: dict | None = None,
-                  grids: dict | None = None) -> dict:
+                  grids: dict | None = None, refit_data=None) -> dict:
     """Tune (on validation, seed ``seeds[0]``; ``grids`` replaces ``BASELINE_GRIDS`` per name) and
     fit every (baseline, seed) on ``data``; append records to ``runs`` and the tuning to
     ``tuning``; return skipped ones. A baseline without a seed (pop, EASE) is deterministic: it
-    is fitted once. The chosen point's tuning fit is reused for ``seeds[0]``."""
+    is fitted once. The chosen point's tuning fit is reused for ``seeds[0]``. ``refit_data``
+    (train + validation, ``--refit``): the chosen settings are fitted on it once more and
+    its test metrics reported, as for the heads."""
     from recsys.eval.baselines import BASELINES
 
     skipped = {}
@@ -480,6 +538,10 @@ def run_baselines(baselines, seeds, params, data, ks_req, runs, tune: bool = Tru
             try:
                 rec = fit_baseline(name, chosen, seed, data, curve_ks(ks_req, data.n_items),
                                    *((model, mem) if seed == seeds[0] else (None, None)))
+                if refit_data is not None:
+                    model = None  # free the validated fit before the refit (EASE: N x N)
+                    rec = merge_refit(rec, fit_baseline(name, chosen, seed, refit_data,
+                                                        curve_ks(ks_req, data.n_items), splits=("test",)))
             except (ConfigError, MissingDependency) as e:  # e.g. implicit missing, EASE over max_items
                 logger.warning("compare: skipping baseline %s: %s", name, e)
                 skipped[name] = str(e)
@@ -512,13 +574,19 @@ def write_report(out: Path, report: dict, data) -> str:
     from recsys import plots
 
     agg = report["aggregate"]
-    table = results_table(agg)
+    table = results_table(agg, XMC_TABLE if data.propensity_ab is not None else TABLE)
     (out / "results.json").write_text(json.dumps(json_safe(report), indent=2))
     st = data.stats()
     (out / "results.md").write_text(
         f"# recsys compare: {st['dataset']} ({st['users']:,} users, {st['items']:,} items)\n\n"
         f"Base config `{report['config']}`; seeds {report['seeds']}; full-catalogue test metrics, seen items "
-        "excluded, best checkpoint by validation NDCG@10; mean ± sample std over seeds. Train s: trainer.fit "
+        "excluded, best checkpoint by validation NDCG@10; mean ± sample std over seeds. "
+        + ("Refit (`--refit`): every head and baseline chosen on validation was fitted again on train + validation "
+           "(heads for their best epoch count), and test is that fit's; train s, s / epoch and ex / s are the "
+           "validated run's. " if report.get("refit") else "")
+        + ("ECE: expected calibration error of the label probabilities over every (test document, label) pair "
+           "(log-spaced bins). " if "ECE" in table.splitlines()[0] else "")
+        + "Train s: trainer.fit "
         "wall time incl. per-epoch validation (baselines: fit). Peak RSS: highest in-process RSS sampled "
         f"during the run (psutil).\n\n{table}\n" + tuning_md(report.get("baseline_tuning") or {})
         + (f"\nSkipped: {report['skipped']}\n" if report["skipped"] else ""))
@@ -557,26 +625,28 @@ def main(argv: list[str]) -> None:
     t_all = time.perf_counter()
     with shared_cache() as cache:  # every run's DataModule gets the same RecData
         sources, data = run_heads(heads, seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs,
-                                  resume=a.resume)
+                                  resume=a.resume, refit=a.refit)
         best_head = None
         if a.best_head_seeds and heads:
             best_head = best_by_validation(runs)
             more = [s for s in range(a.best_head_seeds) if s not in seeds]
             _say(f"compare: best head on validation NDCG@10: {best_head}; more seeds {more}")
-            run_heads([best_head], more, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data, a.resume)
+            run_heads([best_head], more, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data, a.resume,
+                      a.refit)
         if data is None:  # baselines only: the data of the base config
             run = out / "configs" / "data.run.yaml"
             run.write_text(yaml.safe_dump(run_overrides(seeds[0], out / "runs" / "data", None), sort_keys=False))
             data = make_cli(["--config", str(base_path), "--config", str(run), *extra]).datamodule.data
         tuning: dict = {}
         skipped = run_baselines(baselines, seeds, params, data, ks_req, runs, not a.no_tune_baselines, tuning,
-                                _parse_grids(a.baseline_grid))
+                                _parse_grids(a.baseline_grid), data.with_valid_in_train() if a.refit else None)
         n_loads = len(cache)
 
     report = {
         "config": str(base_path), "heads": heads, "head_configs": sources, "baselines": baselines,
         "baseline_params": params, "baseline_grids": _parse_grids(a.baseline_grid), "baseline_tuning": tuning,
         "best_head": best_head, "best_head_seeds": a.best_head_seeds, "skipped": skipped, "seeds": seeds,
+        "refit": a.refit,
         "ks": list(curve_ks(ks_req, data.n_items)),
         "extra_args": extra, "max_epochs": a.max_epochs, "dataset": data.stats(), "dataset_loads": n_loads,
         "wall_seconds": time.perf_counter() - t_all,

@@ -64,6 +64,12 @@ class InteractionDataModule(L.LightningDataModule):
         bag_weighting: ``binary`` or ``tfidf``: the values of a document dataset's word bags
             (``tfidf``: TF x IDF over the train documents, carried as ``bag_w`` for
             ``QueryTower(bag_values=True)``). Only for datasets whose queries are documents.
+        refit: train on train + validation (``RecData.with_valid_in_train``) and have no
+            validation set: the second step of "choose on validation, then refit on all
+            labelled rows". Run it with a fixed ``trainer.max_epochs`` (the validated run's
+            best epoch + 1), ``trainer.limit_val_batches: 0`` and, with a ``prior_grid``,
+            ``model.prior_weight`` set to the validated run's choice (``recsys compare
+            --refit`` does all three).
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class InteractionDataModule(L.LightningDataModule):
         num_workers: int = 0,
         user_weight_power: float = 0.0,
         bag_weighting: str = "binary",
+        refit: bool = False,
     ):
         super().__init__()
         if batch_size < 1 or max_history < 0:
@@ -103,7 +110,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.user_weight_power = user_weight_power
         if bag_weighting not in ("binary", "tfidf"):
             raise ConfigError(f"bag_weighting={bag_weighting!r}: need 'binary' or 'tfidf'. Fix: pick one of them.")
-        self.bag_weighting = bag_weighting
+        self.bag_weighting, self.refit = bag_weighting, refit
         self.source = source if source is None or isinstance(source, DataSource) else DataSource(**source)
         self._data: RecData | None = data
         if data is not None:
@@ -156,6 +163,8 @@ class InteractionDataModule(L.LightningDataModule):
                 rating_threshold=self.rating_threshold, k_core=self.k_core,
                 synthetic=self.synthetic, side_features=self.side_features, bag_weighting=self.bag_weighting,
             )
+        if self.refit and self._data.valid.nnz:
+            self._data = self._data.with_valid_in_train()
         return self._data
 
     @property
@@ -195,6 +204,10 @@ class InteractionDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=batch_identity)
 
     def val_dataloader(self) -> DataLoader:
+        if self.refit:
+            raise ConfigError("data.refit=true trains on the validation rows, so there is nothing left to "
+                              "validate on. Fix: add --trainer.limit_val_batches=0 and a fixed "
+                              "--trainer.max_epochs (the validated run's best epoch + 1).")
         return self.eval_dataloader("valid")
 
     def test_dataloader(self) -> DataLoader:

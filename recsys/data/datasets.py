@@ -1,5 +1,6 @@
 """The dataset registry: a name -> loader table (``DATASETS``) over the bundled datasets
-``synthetic`` (embedded, generated), ``ml-100k``, ``ml-1m``, ``bibtex`` and ``gowalla``.
+``synthetic`` (embedded, generated), ``ml-100k``, ``ml-1m``, ``bibtex``, ``delicious`` and
+``gowalla``.
 
 Real files are looked up under ``root``, else ``$RECSYS_DATA``, else ``~/.cache/recsys``,
 in the layout described in ``data/README.md`` (``ml-1m/ratings.dat`` from the official zip is
@@ -39,7 +40,8 @@ from recsys.data.synthetic import SyntheticConfig, make_synthetic
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
 
-__all__ = ["DATASETS", "NAMES", "register", "data_root", "load_dataset", "load_file", "load_bibtex",
+__all__ = ["DATASETS", "NAMES", "register", "data_root", "load_dataset", "load_file", "load_bibtex", "load_mulan",
+           "load_documents",
            "load_interactions", "shared_cache", "load_source_cached"]
 
 logger = logging.getLogger(__name__)
@@ -134,6 +136,12 @@ _movielens("ml-1m", formats.read_ml1m_movies, formats.read_ml1m_users, "movies.d
 @register("bibtex")
 def _bibtex(root=None, *, split="random", seed=0, bag_weighting="binary", **_protocol) -> RecData:
     return load_bibtex(root, seed=seed, bag_weighting=bag_weighting)
+
+
+@register("delicious")
+def _delicious(root=None, *, split="random", seed=0, bag_weighting="binary", **_protocol) -> RecData:
+    """Delicious (Mulan; 983 labels, 500 word features, 12,920 / 3,185 documents)."""
+    return load_mulan("delicious", root, seed=seed, bag_weighting=bag_weighting)
 
 
 @register("gowalla")
@@ -239,19 +247,54 @@ def load_source_cached(src: DataSource, seed: int = 0) -> RecData:
 
 def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac: float = 0.1,
                 bag_weighting: str = "binary") -> RecData:
-    """Bibtex as retrieval: documents are queries (bag of word features), labels are items.
-
-    The official train documents are split into train / validation documents
-    (``valid_frac``, seeded); the official test documents are the test queries. Held-out
-    documents have no train labels: they are described by their words only.
-    ``bag_weighting="tfidf"``: each word's value is its TF x IDF (scikit-learn's smoothed IDF
-    over the train documents, no row normalisation: a weighted mean pools them), else 1.
-    """
+    """Bibtex (159 labels) as retrieval, from ``bibtex/xc_{train,test}.txt(.gz)``
+    (``load_documents`` for the protocol). PSP@k with the Extreme Classification
+    Repository's A, B for it (its default 0.55 / 1.5)."""
     from recsys.data.formats import read_xc
 
     r = data_root(root)
     xtr, ytr = read_xc(_find(r, "bibtex", ["xc_train.txt.gz", "xc_train.txt"]))
     xte, yte = read_xc(_find(r, "bibtex", ["xc_test.txt.gz", "xc_test.txt"]))
+    return load_documents("bibtex", (xtr, ytr), (xte, yte), seed=seed, valid_frac=valid_frac,
+                          bag_weighting=bag_weighting, propensity_ab=(0.55, 1.5))
+
+
+def load_mulan(name: str, root: str | os.PathLike | None = None, seed: int = 0, valid_frac: float = 0.1,
+               bag_weighting: str = "binary", propensity_ab: tuple[float, float] = (0.55, 1.5)) -> RecData:
+    """A Mulan multi-label dataset as retrieval, from the Mulan project's own files in
+    ``NAME/``: ``NAME-train.arff(.gz)``, ``NAME-test.arff(.gz)`` and the label header
+    ``NAME.xml`` (``formats.read_arff``); ``load_documents`` for the protocol."""
+    r = data_root(root)
+    labels = formats.read_mulan_labels(_find(r, name, [f"{name}.xml", f"{name}.xml.gz"]))
+    tr = formats.read_arff(_find(r, name, [f"{name}-train.arff.gz", f"{name}-train.arff"]), labels)
+    te = formats.read_arff(_find(r, name, [f"{name}-test.arff.gz", f"{name}-test.arff"]), labels)
+    return load_documents(name, tr, te, seed=seed, valid_frac=valid_frac, bag_weighting=bag_weighting,
+                          propensity_ab=propensity_ab)
+
+
+def load_documents(name: str, train: tuple[sp.csr_matrix, sp.csr_matrix], test: tuple[sp.csr_matrix, sp.csr_matrix],
+                   seed: int = 0, valid_frac: float = 0.1, bag_weighting: str = "binary",
+                   propensity_ab: tuple[float, float] = (0.55, 1.5)) -> RecData:
+    """A multi-label document dataset as retrieval: documents are queries (a bag of word
+    features), labels are items.
+
+    Args:
+        name: the dataset's name.
+        train / test: (features (R, F), labels (R, L)) CSR pairs of the official train and
+            test documents.
+        seed / valid_frac: a seeded share ``valid_frac`` of the train documents becomes the
+            validation documents; the test documents are the test queries. Held-out
+            documents have no train labels: they are described by their words only.
+        bag_weighting: ``tfidf``: each word's value is its TF x IDF (scikit-learn's smoothed
+            IDF over the train documents, no row normalisation: a weighted mean pools them);
+            ``binary``: 1.
+        propensity_ab: the A, B of the propensity model of PSP@k (Jain et al., KDD 2016).
+    """
+    (xtr, ytr), (xte, yte) = train, test
+    if xtr.shape[1] != xte.shape[1] or ytr.shape[1] != yte.shape[1]:
+        raise DataError(f"dataset {name!r}: train has {xtr.shape[1]} features / {ytr.shape[1]} labels, test "
+                        f"{xte.shape[1]} / {yte.shape[1]}; they must agree. Fix: use the train and test files "
+                        "of one dataset.")
     n_tr, n_te, L = xtr.shape[0], xte.shape[0], ytr.shape[1]
     is_valid = np.zeros(n_tr, dtype=bool)
     is_valid[np.random.default_rng(seed).permutation(n_tr)[: int(valid_frac * n_tr)]] = True
@@ -260,9 +303,9 @@ def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac
     keep = sp.diags(~is_valid * 1.0).dot(ytr).tocsr()
     held = sp.diags(is_valid * 1.0).dot(ytr).tocsr()
     zeros_tr = sp.csr_matrix((n_tr, L), dtype=np.float32)
-    train = binary_csr(sp.vstack([keep, empty]))
+    train_m = binary_csr(sp.vstack([keep, empty]))
     valid = binary_csr(sp.vstack([held, empty]))
-    test = binary_csr(sp.vstack([zeros_tr, sp.csr_matrix(yte, dtype=np.float32)]))
+    test_m = binary_csr(sp.vstack([zeros_tr, sp.csr_matrix(yte, dtype=np.float32)]))
     bags = binary_csr(sp.vstack([xtr, xte]))
     if bag_weighting == "tfidf":
         from sklearn.feature_extraction.text import TfidfTransformer
@@ -274,5 +317,5 @@ def load_bibtex(root: str | os.PathLike | None = None, seed: int = 0, valid_frac
         raise ConfigError(f"bag_weighting={bag_weighting!r}: need 'binary' or 'tfidf'. Fix: pick one of them.")
     user_vocab = Vocab(np.arange(n_tr + n_te), name="document")
     item_vocab = Vocab(np.arange(L), name="label")
-    # PSP@k / PSnDCG@k with the Extreme Classification Repository's A, B for Bibtex (its default)
-    return RecData("bibtex", train, valid, test, user_vocab, item_vocab, query_bags=bags, propensity_ab=(0.55, 1.5))
+    return RecData(name, train_m, valid, test_m, user_vocab, item_vocab, query_bags=bags,
+                   propensity_ab=propensity_ab)

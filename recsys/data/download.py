@@ -48,7 +48,10 @@ _NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.cl
 
 
 # Datasets that cannot be downloaded from an official URL: the files to place by hand.
-LOCAL_ONLY: dict[str, tuple[str, ...]] = {"bibtex": ("xc_train.txt", "xc_test.txt")}
+LOCAL_ONLY: dict[str, tuple[str, ...]] = {
+    "bibtex": ("xc_train.txt", "xc_test.txt"),
+    "delicious": ("delicious-train.arff", "delicious-test.arff", "delicious.xml"),  # the Mulan files
+}
 
 
 def _spec(name: str) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -157,6 +157,16 @@ class RecData:
         if split not in ("valid", "test"):
             self.seen(split)  # the error naming the choices
         return {"valid": self.valid, "test": self.test}[split]
+
+    def with_valid_in_train(self) -> RecData:
+        """The data of a refit: train = train + validation, an empty validation set, test as
+        it is (its seen items, train + validation, unchanged). After the epochs and settings
+        have been chosen on validation, a refit trains on every labelled row, as published
+        protocols that have no validation set do. Derived values (document TF-IDF weights)
+        stay those of the original train rows."""
+        empty = sp.csr_matrix(self.valid.shape, dtype=np.float32)
+        return replace(self, train=binary_csr(self.train + self.valid), valid=empty,
+                       valid_candidates=None)
 
     def stats(self) -> dict:
         """Users, items, interactions, density and popularity skew of the whole data."""

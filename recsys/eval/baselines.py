@@ -118,6 +118,11 @@ class Baseline(ABC):
         """(Q, N) float32 scores of ``users``: ``query_vectors(users) @ xb.T``."""
         return self.query_vectors(users) @ self.xb.T
 
+    def probabilities(self, users: np.ndarray) -> np.ndarray | None:
+        """(Q, N) label probabilities, for a baseline whose scores define them; None (the
+        default: popularity, EASE and ALS scores are rankings, not probabilities)."""
+        return None
+
     def __repr__(self) -> str:
         return self.name
 
@@ -354,6 +359,10 @@ class OneVsRest(Baseline):
     def query_vectors(self, users):
         q = self.features[users].toarray().astype(np.float32)  # (Q, F)
         return np.hstack([q, np.ones((len(q), 1), dtype=np.float32)])  # (Q, F + 1)
+
+    def probabilities(self, users: np.ndarray) -> np.ndarray:
+        """(Q, N) sigmoid of each logistic regression's decision value."""
+        return 1.0 / (1.0 + np.exp(-self.scores(users).astype(np.float64)))
 
     def __repr__(self) -> str:
         return f"ovr(C={self.C:g}, tfidf={self.tfidf})"

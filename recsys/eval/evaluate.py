@@ -23,10 +23,11 @@ import torch
 from recsys.data.recdata import RecData
 from recsys.errors import require
 from recsys.eval.baselines import Baseline
-from recsys.eval.metrics import per_user_metrics, propensity_metrics, ranking_metrics
+from recsys.eval.metrics import calibration_metrics, per_user_metrics, propensity_metrics, ranking_metrics
 from recsys.retrieval import make_retriever, recall_vs_exact
 
-__all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "evaluate_beam", "topk_metrics", "embed_queries"]
+__all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "evaluate_beam", "topk_metrics", "embed_queries",
+           "calibration"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,31 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), index: str = "exact"
     if index == "beam":
         return evaluate_beam(model.head, xq, users, xb, data.data, split, ks, **(index_params or {}))
     return evaluate_embeddings(xq, users, xb, data.data, split, ks, index, index_params)
+
+
+def calibration(model, data, split: str = "test") -> dict | None:
+    """Calibration of ``model``'s label probabilities on ``split`` over every (query, item)
+    pair (``recsys.eval.metrics.calibration_metrics``: ECE, Brier, expected labels), or None
+    where the model defines no probabilities (baselines other than one-vs-rest).
+
+    ``model``: a ``TwoTowerModule`` with ``data`` its data module (the head's
+    ``probabilities`` of the scores q . v, without the retrieval prior), or a ``Baseline``
+    with a ``RecData`` or data module. Needs (Q, N) dense: meant for label sets (N up to
+    ~10^4), as in multi-label document data.
+    """
+    if isinstance(model, Baseline):
+        d = data if isinstance(data, RecData) else data.data
+        users = d.eval_users(split)
+        prob = model.probabilities(users)
+        return None if prob is None else calibration_metrics(prob, d.truth(split)[users])
+    was = model.training
+    model.eval()
+    users, xq = embed_queries(model.query_tower, data.eval_dataloader(split))
+    with torch.no_grad():
+        xb = model.item_tower.embed_all().float().cpu()  # (N, D), no prior
+        prob = model.head.probabilities(torch.from_numpy(xq) @ xb.T).numpy()  # (Q, N)
+    model.train(was)
+    return calibration_metrics(prob, data.data.truth(split)[users])
 
 
 def evaluate_beam(head, xq: np.ndarray, users: np.ndarray, xb: np.ndarray, data: RecData, split: str = "valid",

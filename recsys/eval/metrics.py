@@ -46,7 +46,7 @@ from recsys.numeric import gini, inverse_propensity
 from recsys.retrieval.keys import member
 
 __all__ = ["hits_matrix", "per_user_metrics", "ranking_metrics", "RANK_METRICS", "inverse_propensity",
-           "propensity_metrics"]
+           "propensity_metrics", "calibration_metrics"]
 
 # The per-user ranking metrics, in the order they appear in tables.
 RANK_METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
@@ -247,3 +247,35 @@ def propensity_metrics(I: np.ndarray, truth: sp.spmatrix, inv_propensity: np.nda
         idcg = ideal_cum[np.minimum(n_rel[users], k)]
         out[f"psndcg@{k}"] = float(((got[:, :k] @ disc[:k]) / idcg).sum() / ((ideal[:, :k] @ disc[:k]) / idcg).sum())
     return out
+
+
+def calibration_metrics(prob: np.ndarray, truth: sp.spmatrix, n_bins: int = 12,
+                        min_prob: float = 1e-4) -> dict[str, float]:
+    """Calibration of predicted label probabilities ``prob`` (Q, N) against ``truth`` (Q, N)
+    over every (query, label) pair.
+
+    - ``ece``: expected calibration error, sum_b (n_b / n) |mean(y in b) - mean(p in b)|
+      over ``n_bins`` log-spaced probability bins (edges ``min_prob`` ... 1, the first bin
+      also holding everything below ``min_prob``): most pairs have tiny probabilities, so
+      equal-width bins would put nearly all of them in the first one (Guo et al., ICML 2017,
+      "On Calibration of Modern Neural Networks", with log bins);
+    - ``brier``: mean squared error (p - y)^2;
+    - ``expected_labels``: mean over queries of sum_j p_j, against ``true_labels``, the mean
+      number of relevant labels (a softmax always expects one).
+
+    Plain arrays: ``prob`` float (Q, N) in [0, 1], ``truth`` binary sparse (Q, N).
+    """
+    p = np.asarray(prob, dtype=np.float64)
+    t = sp.csr_matrix(truth)
+    if p.shape != t.shape:
+        raise DataError(f"prob has shape {p.shape} and truth {t.shape}: they need one probability per (query, "
+                        "label) pair. Fix: score every label of every truth row.")
+    if p.size and not (np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1):
+        raise DataError("prob holds values outside [0, 1] (or NaN): calibration needs probabilities. Fix: pass "
+                        "the head's probabilities (Head.probabilities), not raw scores.")
+    y = (t != 0).toarray().astype(np.float64)
+    edges = np.r_[0.0, np.logspace(np.log10(min_prob), 0, n_bins)[:-1], np.inf]
+    b = np.clip(np.searchsorted(edges, p.ravel(), side="right") - 1, 0, n_bins - 1)
+    n, hit, conf = (np.bincount(b, weights=w, minlength=n_bins) for w in (None, y.ravel(), p.ravel()))
+    return {"ece": float(np.abs(hit - conf).sum() / max(p.size, 1)), "brier": float(((p - y) ** 2).mean()),
+            "expected_labels": float(p.sum(1).mean()), "true_labels": float(y.sum(1).mean())}

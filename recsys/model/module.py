@@ -74,6 +74,8 @@ class TwoTowerModule(L.LightningModule):
             while top-k metrics reward popular items more than likelihood does. Needs
             ``item_bias`` on both towers (w * T * log p_j is added to the bias coordinate,
             so FAISS serves it unchanged). Costs len(grid) validation scorings per epoch.
+        prior_weight: w used until a validation chooses one: the value a refit without
+            validation (``data.refit``) serves, copied from the validated run.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class TwoTowerModule(L.LightningModule):
         eval_ks: list[int] | None = None,
         eval_index: str = "exact",
         prior_grid: list[float] | None = None,
+        prior_weight: float = 0.0,
     ):
         super().__init__()
         if schema is None:
@@ -126,7 +129,8 @@ class TwoTowerModule(L.LightningModule):
                     "the bias coordinate). Fix: e.g. prior_grid: [0, 0.1, 0.2, 0.3] and item_bias: true, "
                     "or prior_grid: null."
                 )
-            self.register_buffer("prior_weight", torch.zeros(()))  # chosen on validation
+            # chosen on validation; until then (or in a refit, which has none) the given start value
+            self.register_buffer("prior_weight", torch.tensor(float(prior_weight)))
             self.register_buffer("log_prior", torch.zeros(schema.n_items))  # (N,) log p_j, set by bind
         self.recsys_config: str | None = None  # resolved YAML, set by the CLI
         self._eval_buf: list = []

@@ -198,6 +198,13 @@ class Head(nn.Module):
         """Lightning callbacks the head needs during training (none by default)."""
         return []
 
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """(Q, N) scores q . v (all N items) -> the probabilities the loss models: a
+        softmax over the catalogue of scores / T (every softmax head; sampled and in-batch
+        heads estimate the same distribution). Sums to 1 per row: a multi-class model
+        spreads one unit over a document's several labels."""
+        return torch.softmax(scores / self.temperature(), dim=-1)
+
     def size_checks(self, n_items: int) -> list[tuple[str, int, int, str]]:
         """``(argument, value, bound, fix)``: counts that must satisfy 1 <= value < bound for a
         catalogue of ``n_items`` (``check_head_sizes`` raises otherwise); none by default."""

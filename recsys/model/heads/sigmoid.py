@@ -73,6 +73,12 @@ class MultiLabelSigmoid(Head):
             with torch.no_grad():
                 self.bias.fill_(math.log(max(rate, 1e-8) / (1 - min(rate, 0.5))))
 
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """(Q, N) scores -> sigmoid(scores / T + b): one independent probability per label.
+        With ``pos_weight`` p != 1 the loss fits the odds of a label times p, so these
+        over-state it (the calibration metrics show by how much)."""
+        return torch.sigmoid(scores / self.temperature() + self.bias)
+
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
         T = self.temperature()
         users, items = batch["user"], batch["item"]
