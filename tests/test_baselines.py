@@ -166,6 +166,24 @@ def test_one_vs_rest_learns_each_label_from_the_words(tfidf):
     assert 0.9 < xmc["psp@1"] <= 1.0 and 0 < xmc["psndcg@3"] <= 1.0
 
 
+def test_one_vs_rest_applies_the_idf_once_when_the_data_is_already_tfidf_weighted():
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    from recsys.eval.baselines import OneVsRest
+
+    d = _documents()
+    rows = np.flatnonzero(np.diff(d.train.indptr) > 0)
+    weighted = sp.csr_matrix(TfidfTransformer(norm=None).fit(d.query_bags[rows]).transform(d.query_bags))
+    import dataclasses
+
+    dw = dataclasses.replace(d, query_bags=weighted, bag_weighting="tfidf")
+    a, b = OneVsRest(C=10.0).fit(d), OneVsRest(C=10.0).fit(dw)
+    np.testing.assert_allclose(a.features.toarray(), b.features.toarray(), rtol=1e-6, atol=1e-7)
+    # without the data's flag the IDF would be applied a second time: other features
+    twice = OneVsRest(C=10.0).fit(dataclasses.replace(dw, bag_weighting="binary"))
+    assert not np.allclose(twice.features.toarray(), a.features.toarray(), atol=1e-4)
+
+
 def test_one_vs_rest_needs_documents():
     from recsys.eval.baselines import OneVsRest
 

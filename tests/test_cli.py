@@ -10,7 +10,10 @@ from recsys.commands.console import main
 from tests.conftest import HEAD_NAMES, REPO, SHARED, config_args
 
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "gowalla", "bibtex")
-RUNS = [(ds, h) for ds in DATASETS for h in HEAD_NAMES] + [("synthetic", "tree"), ("ml-1m", "tree")]
+# head files beyond the built-in head names: a second config of one head class
+VARIANTS = {"bibtex": ("softmax",)}  # FullSoftmax without the decoupling mask (full.yaml has it)
+RUNS = ([(ds, h) for ds in DATASETS for h in HEAD_NAMES] + [("synthetic", "tree"), ("ml-1m", "tree")]
+        + [(ds, h) for ds, hs in VARIANTS.items() for h in hs])
 TINY_ARGS = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4"]
 
 
@@ -20,7 +23,8 @@ def test_every_dataset_has_a_base_and_head_files_hold_only_the_head():
         from recsys.model.heads import HEADS
 
         files = {p.stem for p in folder.glob("*.yaml")}
-        assert {"base", *HEAD_NAMES} <= files <= {"base", *HEADS}, ds  # the five heads, and maybe newer ones
+        # the five heads, and maybe newer ones or a variant
+        assert {"base", *HEAD_NAMES} <= files <= {"base", *HEADS, *VARIANTS.get(ds, ())}, ds
         assert "head" not in (yaml.safe_load((folder / "base.yaml").read_text())["model"])
         for h in sorted(files - {"base"}):
             cfg = yaml.safe_load((folder / f"{h}.yaml").read_text())

@@ -50,6 +50,12 @@ def test_prior_weight_start_value_is_served_until_validation_chooses(tiny):
     assert make().served_prior_weight == 0.0 and make(prior_weight=0.5).served_prior_weight == 0.5
 
 
+def test_refit_names_heads_that_run(tmp_path):
+    base = _config_folder(tmp_path, inbatch=INBATCH)
+    with pytest.raises(ConfigError, match="not among --heads"):
+        main(["compare", "--config", str(base), "--heads", "inbatch", "--refit", "full", "--out", str(tmp_path / "o")])
+
+
 def test_compare_refit_reports_the_refit_test_and_keeps_the_validated_one(tmp_path):
     base = _config_folder(tmp_path, inbatch=INBATCH)
     out = tmp_path / "out"
@@ -57,7 +63,7 @@ def test_compare_refit_reports_the_refit_test_and_keeps_the_validated_one(tmp_pa
           "--baseline-param", "ease.lambda_=50", "--max-epochs", "2", "--k", "10", "20", "--refit",
           "--out", str(out)])
     res = json.loads((out / "results.json").read_text())
-    assert res["refit"] is True
+    assert res["refit"] == ["inbatch"]
     head, pop, ease = res["runs"]
     for r in (head, pop, ease):
         assert {"test", "test_validated", "valid", "refit"} <= set(r)

@@ -459,9 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out: heads with a record.json are reused, one with a "
                         "last.ckpt continues from it (baselines are fitted again)")
-    p.add_argument("--refit", action="store_true",
-                   help="after choosing on validation, refit every head (its best epoch count) and baseline (its "
-                        "chosen settings) on train + validation and report that fit's test metrics")
+    p.add_argument("--refit", nargs="?", const="all", default=None, metavar="HEADS",
+                   help="after choosing on validation, refit every head (its best epoch count; or only the comma "
+                        "list HEADS) and every baseline (its chosen settings) on train + validation and report "
+                        "that fit's test metrics")
     p.add_argument("--no-tune-baselines", action="store_true",
                    help="keep the baselines' default settings instead of tuning them on validation")
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<timestamp>)")
@@ -581,9 +582,10 @@ def write_report(out: Path, report: dict, data) -> str:
         f"# recsys compare: {st['dataset']} ({st['users']:,} users, {st['items']:,} items)\n\n"
         f"Base config `{report['config']}`; seeds {report['seeds']}; full-catalogue test metrics, seen items "
         "excluded, best checkpoint by validation NDCG@10; mean ± sample std over seeds. "
-        + ("Refit (`--refit`): every head and baseline chosen on validation was fitted again on train + validation "
-           "(heads for their best epoch count), and test is that fit's; train s, s / epoch and ex / s are the "
-           "validated run's. " if report.get("refit") else "")
+        + (f"Refit (`--refit`): the heads {', '.join(report['refit'])} and every baseline, as chosen on "
+           "validation, were fitted again on train + validation (heads for their best epoch count), and their "
+           "test is that fit's; train s, s / epoch and ex / s are the validated run's. "
+           if report.get("refit") else "")
         + ("ECE: expected calibration error of the label probabilities over every (test document, label) pair "
            "(log-spaced bins). " if "ECE" in table.splitlines()[0] else "")
         + "Train s: trainer.fit "
@@ -624,15 +626,22 @@ def main(argv: list[str]) -> None:
     runs: list[dict] = []
     t_all = time.perf_counter()
     with shared_cache() as cache:  # every run's DataModule gets the same RecData
-        sources, data = run_heads(heads, seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs,
-                                  resume=a.resume, refit=a.refit)
+        refit_heads = set(heads if a.refit == "all" else _parse_list(a.refit or ""))
+        if bad := refit_heads - set(heads):
+            raise ConfigError(f"--refit {a.refit}: {sorted(bad)} not among --heads {heads}. Fix: name heads that run, "
+                              "or give --refit alone for all of them.")
+        sources, data = {}, None
+        for head in heads:  # in order; each head refitted or not
+            src, data = run_heads([head], seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data,
+                                  a.resume, head in refit_heads)
+            sources.update(src)
         best_head = None
         if a.best_head_seeds and heads:
             best_head = best_by_validation(runs)
             more = [s for s in range(a.best_head_seeds) if s not in seeds]
             _say(f"compare: best head on validation NDCG@10: {best_head}; more seeds {more}")
             run_heads([best_head], more, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data, a.resume,
-                      a.refit)
+                      best_head in refit_heads)
         if data is None:  # baselines only: the data of the base config
             run = out / "configs" / "data.run.yaml"
             run.write_text(yaml.safe_dump(run_overrides(seeds[0], out / "runs" / "data", None), sort_keys=False))
@@ -646,7 +655,7 @@ def main(argv: list[str]) -> None:
         "config": str(base_path), "heads": heads, "head_configs": sources, "baselines": baselines,
         "baseline_params": params, "baseline_grids": _parse_grids(a.baseline_grid), "baseline_tuning": tuning,
         "best_head": best_head, "best_head_seeds": a.best_head_seeds, "skipped": skipped, "seeds": seeds,
-        "refit": a.refit,
+        "refit": sorted(refit_heads) if a.refit else False,
         "ks": list(curve_ks(ks_req, data.n_items)),
         "extra_args": extra, "max_epochs": a.max_epochs, "dataset": data.stats(), "dataset_loads": n_loads,
         "wall_seconds": time.perf_counter() - t_all,

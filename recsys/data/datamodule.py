@@ -37,7 +37,7 @@ class InteractionDataModule(L.LightningDataModule):
     the user's own files (``source``), or a ``RecData`` built in Python (``data``).
 
     Args:
-        dataset: ``synthetic`` (embedded default), ``ml-100k``, ``ml-1m``, ``bibtex``,
+        dataset: ``synthetic`` (embedded default), ``ml-100k``, ``ml-1m``, ``bibtex``, ``delicious``,
             ``gowalla``, or the path of a CSV / TSV / Parquet interaction file with the usual
             column names.
         source: your own files, filters and split (``recsys.data.source.DataSource``; YAML

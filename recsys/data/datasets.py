@@ -318,4 +318,4 @@ def load_documents(name: str, train: tuple[sp.csr_matrix, sp.csr_matrix], test: 
     user_vocab = Vocab(np.arange(n_tr + n_te), name="document")
     item_vocab = Vocab(np.arange(L), name="label")
     return RecData(name, train_m, valid, test_m, user_vocab, item_vocab, query_bags=bags,
-                   propensity_ab=propensity_ab)
+                   propensity_ab=propensity_ab, bag_weighting=bag_weighting)

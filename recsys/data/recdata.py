@@ -44,6 +44,7 @@ class RecData:
     fold_in: sp.csr_matrix | None = None  # (U, N) input histories of held-out users (split kind users)
     valid_candidates: np.ndarray | None = None  # (M,) cold validation items ranked for 'valid' (cold_valid)
     propensity_ab: tuple[float, float] | None = None  # (A, B) of the XMC propensity model: adds PSP@k, PSnDCG@k
+    bag_weighting: str = "binary"  # how query_bags' values were made: binary / raw values, or "tfidf"
 
     @cached_property
     def weighted_bags(self) -> bool:

@@ -305,7 +305,9 @@ class OneVsRest(Baseline):
     For multi-label data whose queries are documents (``RecData.query_bags``: (U, F) words):
     one L2-regularised logistic regression per label (scikit-learn ``LogisticRegression``,
     liblinear) on the train documents' features, optionally TF-IDF weighted and L2-normalised
-    (``TfidfTransformer`` fitted on the train documents). Scores are inner products like every
+    (``TfidfTransformer`` fitted on the train documents; features the data already TF-IDF
+    weighted, ``bag_weighting: tfidf``, keep their weights and are only L2-normalised, so the
+    IDF is never applied twice). Scores are inner products like every
     baseline: ``xq[u] = [features of u, 1]``, ``xb[l] = [w_l, b_l]`` (D = F + 1). A label
     without train positives gets w = 0 and a bias of -1e4 (never ranked above a trained one).
 
@@ -331,7 +333,7 @@ class OneVsRest(Baseline):
                               "load_dataset('bibtex')): there is nothing to classify from. Fix: use it on "
                               "multi-label document data, or a collaborative baseline (pop, ease, als).")
         F = sp.csr_matrix(data.query_bags, dtype=np.float64)
-        self._raw = F
+        self._raw, self._weighted = F, data.bag_weighting == "tfidf"
         return super().fit(data)
 
     def _fit(self, X):
@@ -341,7 +343,7 @@ class OneVsRest(Baseline):
         rows = np.flatnonzero(np.diff(X.indptr) > 0)  # the train documents
         F = self._raw
         if self.tfidf:
-            F = TfidfTransformer().fit(F[rows]).transform(F).tocsr()
+            F = TfidfTransformer(use_idf=not self._weighted).fit(F[rows]).transform(F).tocsr()
         self.features = F
         Ft, Y = F[rows], X[rows].tocsc()
         N = X.shape[1]
