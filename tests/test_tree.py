@@ -198,3 +198,22 @@ def test_evaluate_index_beam_on_a_fitted_tree_model(tmp_path, capsys):
     assert "recall@5" in beam(10)
     with pytest.raises(ConfigError, match="applies to --index beam"):
         main(["evaluate", "--ckpt", str(ckpt), "--beam", "4"])
+
+
+def test_compare_scores_a_tree_head_by_its_beam_beside_exact(tmp_path):
+    from recsys.commands.console import main
+    from tests.test_compare import _config_folder
+
+    tree = {"model": {"head": {"class_path": "recsys.model.heads.TreeSoftmax",
+                               "init_args": {"branching": 12, "levels": 2, "dim": 8}}}}
+    base = _config_folder(tmp_path, tree=tree)
+    out = tmp_path / "out"
+    main(["compare", "--config", str(base), "--heads", "tree", "--seeds", "1", "--baselines", "none",
+          "--max-epochs", "1", "--beam", "1", "--k", "10", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    run = res["runs"][0]
+    assert run["beam"] == 1 and {"recall@10", "index_recall"} <= set(run["test_beam"])
+    assert run["test_beam"]["index_recall"] < 1.0  # one prefix of 12: the beam misses part of the exact top-k
+    assert set(res["aggregate"]) == {"tree", "tree (beam 1)"}
+    assert res["aggregate"]["tree (beam 1)"]["test"]["recall@10"]["mean"] == run["test_beam"]["recall@10"]
+    assert "| tree (beam 1) |" in (out / "results.md").read_text()

@@ -176,10 +176,12 @@ def make_cli(args: list[str]):
 
 
 def train_head(args: list[str], ks_req: list[int], resolved: Path, run_dir: Path | None = None,
-               resume: bool = False, splits: tuple[str, ...] = ("test", "valid")) -> tuple[dict, object]:
+               resume: bool = False, splits: tuple[str, ...] = ("test", "valid"),
+               beam: int = 16) -> tuple[dict, object]:
     """Fit one config, reload its best checkpoint (a fit without validation, e.g. a refit:
     its last state), score ``splits`` at ``curve_ks`` of ``ks_req``; returns (record, the
-    run's RecData). The record is also written to
+    run's RecData). A head with an item tree (``TreeSoftmax``) is also scored on test by its own
+    beam search of width ``beam`` (``test_beam``). The record is also written to
     ``run_dir/record.json``. ``resume``: a run with a record is taken as it is; one with a
     ``last.ckpt`` continues from it (Lightning restores the loops, optimizer and callbacks, the
     ``EpochClock`` included), or, when that checkpoint's fit had ended (max_epochs or early
@@ -219,6 +221,10 @@ def train_head(args: list[str], ks_req: list[int], resolved: Path, run_dir: Path
         ks = curve_ks(ks_req, cli.datamodule.data.n_items)
         res = {s: evaluate(cli.model, cli.datamodule, s, ks).metrics for s in splits}
         res.update(calibration_record(cli.model, cli.datamodule, splits))
+        if hasattr(cli.model.head, "beam_topk") and "test" in splits:  # the tree's own retrieval
+            res["test_beam"] = evaluate(cli.model, cli.datamodule, "test", ks, index="beam",
+                                        index_params={"beam": beam}).metrics
+            res["beam"] = beam
     score = ck.best_model_score if ck is not None else None
     clock = clock_record(cli.trainer, best_epoch)
     if state is not None and clock.get("epoch_clock"):  # resumed: the fit's time is the clock's
@@ -343,7 +349,7 @@ def aggregate(runs: list[dict]) -> dict:
     for model in dict.fromkeys(r["model"] for r in runs):
         rs = [r for r in runs if r["model"] == model]
         agg = {"kind": rs[0]["kind"], "seeds": [r["seed"] for r in rs]}
-        for split in ("test", "valid", "test_validated", "test_calibration"):
+        for split in ("test", "valid", "test_validated", "test_calibration", "test_beam"):
             if split in rs[0]:
                 agg[split] = {k: s for k in rs[0][split] if (s := _stat([r.get(split, {}).get(k) for r in rs]))}
         for k in ("train_seconds", "epochs", "peak_rss_mb", "ru_maxrss_mb", "gpu_peak_mb", "best_val_ndcg@10",
@@ -351,6 +357,8 @@ def aggregate(runs: list[dict]) -> dict:
             if (s := _stat([r.get(k) for r in rs])) is not None:
                 agg[k] = s
         out[model] = agg
+        if "test_beam" in agg:  # the tree head served by its beam search: a row of its own
+            out[f"{model} (beam {rs[0]['beam']})"] = {**agg, "test": agg["test_beam"]}
     return out
 
 
@@ -463,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after choosing on validation, refit every head (its best epoch count; or only the comma "
                         "list HEADS) and every baseline (its chosen settings) on train + validation and report "
                         "that fit's test metrics")
+    p.add_argument("--beam", type=int, default=16,
+                   help="beam width of a tree head's own retrieval (TreeSoftmax), reported as '<head> (beam B)' "
+                        "beside its exact two-tower scoring (default 16)")
     p.add_argument("--no-tune-baselines", action="store_true",
                    help="keep the baselines' default settings instead of tuning them on validation")
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<timestamp>)")
@@ -473,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, runs,
-              data=None, resume: bool = False, refit: bool = False) -> tuple[dict, object]:
+              data=None, resume: bool = False, refit: bool = False, beam: int = 16) -> tuple[dict, object]:
     """Train every (head, seed) on ``base + head file + run overrides``; append records to
     ``runs``; return (head config sources, data). ``data``: the RecData earlier runs loaded
     (every run must load that same one). ``refit``: each validated run is followed by a refit
@@ -489,7 +500,7 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
             args = ["--config", str(base_path), *head_args, "--config", str(run), *extra]
             _say(f"compare: {head} seed {seed} ({sources[head]})")
             rec, d = train_head(args, ks_req, out / "configs" / f"{head}_seed{seed}.yaml",
-                                out / "runs" / head / f"seed{seed}", resume)
+                                out / "runs" / head / f"seed{seed}", resume, beam=beam)
             if data is not None and d is not data:
                 raise ConfigError(f"run {head} seed {seed} loaded other data than the first run: compare needs "
                                   "one dataset. Fix: keep the data settings in the base config only.")
@@ -500,7 +511,8 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
                 rrun.write_text(yaml.safe_dump(refit_overrides(seed, rdir, rec), sort_keys=False))
                 _say(f"compare: {head} seed {seed}: refit on train + validation for {rec['best_epoch'] + 1} epochs")
                 r, _ = train_head(["--config", str(base_path), *head_args, "--config", str(rrun), *extra], ks_req,
-                                  out / "configs" / f"{head}_seed{seed}.refit.yaml", rdir, resume, splits=("test",))
+                                  out / "configs" / f"{head}_seed{seed}.refit.yaml", rdir, resume, splits=("test",),
+                                  beam=beam)
                 rec = merge_refit(rec, r)
             elif refit:
                 logger.warning("compare: %s seed %d has no validation-best epoch: not refitted", head, seed)
@@ -633,7 +645,7 @@ def main(argv: list[str]) -> None:
         sources, data = {}, None
         for head in heads:  # in order; each head refitted or not
             src, data = run_heads([head], seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data,
-                                  a.resume, head in refit_heads)
+                                  a.resume, head in refit_heads, a.beam)
             sources.update(src)
         best_head = None
         if a.best_head_seeds and heads:
@@ -641,7 +653,7 @@ def main(argv: list[str]) -> None:
             more = [s for s in range(a.best_head_seeds) if s not in seeds]
             _say(f"compare: best head on validation NDCG@10: {best_head}; more seeds {more}")
             run_heads([best_head], more, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data, a.resume,
-                      best_head in refit_heads)
+                      best_head in refit_heads, a.beam)
         if data is None:  # baselines only: the data of the base config
             run = out / "configs" / "data.run.yaml"
             run.write_text(yaml.safe_dump(run_overrides(seeds[0], out / "runs" / "data", None), sort_keys=False))
