@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import resource
 import statistics
@@ -199,10 +200,27 @@ def make_datamodule(data, batch_size: int = BATCH, max_history: int = 50, seed: 
     return InteractionDataModule.from_data(data, batch_size=batch_size, max_history=max_history, seed=seed)
 
 
-def make_head(name: str):
-    """A head with its library defaults, by benchmark name."""
-    from recsys.model.heads import FullSoftmax, HardNegativeSoftmax, InBatchSoftmax, MultiLabelSigmoid, SampledSoftmax
+def tree_shape(n_items: int) -> tuple[int, int]:
+    """(K, L) of a benchmark tree: 2 levels up to 10^4 items, 3 above, K = ceil(N^(1/L))."""
+    L = 2 if n_items <= 10_000 else 3
+    return int(math.ceil(n_items ** (1.0 / L) - 1e-9)), L
 
+
+def make_head(name: str, n_items: int | None = None, dim: int = D):
+    """A head with its library defaults, by benchmark name. ``tree``: a ``TreeSoftmax`` over a
+    random balanced tree shaped for ``n_items`` (``tree_shape``) on queries of width ``dim``."""
+    from recsys.model.heads import (
+        FullSoftmax,
+        HardNegativeSoftmax,
+        InBatchSoftmax,
+        MultiLabelSigmoid,
+        SampledSoftmax,
+        TreeSoftmax,
+    )
+
+    if name == "tree":
+        K, L = tree_shape(int(n_items))
+        return TreeSoftmax(branching=K, levels=L, dim=dim, codes_from="random", temperature=0.1)
     return {
         "full": lambda: FullSoftmax(),
         "sigmoid": lambda: MultiLabelSigmoid(),
@@ -224,7 +242,8 @@ def make_module(data, head_name: str, dim: int = D, **tower_kw):
     qkw = {k[2:]: v for k, v in tower_kw.items() if k.startswith("q_")}
     ikw = {k[2:]: v for k, v in tower_kw.items() if k.startswith("i_")}
     m = TwoTowerModule(schema=make_schema(data), query_tower=partial(QueryTower, dim=dim, **qkw),
-                       item_tower=partial(ItemTower, dim=dim, **ikw), head=make_head(head_name))
+                       item_tower=partial(ItemTower, dim=dim, **ikw),
+                       head=make_head(head_name, data.n_items, dim + bool(qkw.get("item_bias"))))
     m.bind(data)
     return m
 
