@@ -40,9 +40,7 @@ TEMPERATURES = (0.0, 0.5, 1.0, 2.0)
 
 def _train(quick: bool, epochs: int, root_dir: str):
     """The shipped tree config trained with its best validation epoch restored: (model, datamodule, fit s)."""
-    import torch
-
-    from recsys.train.cli import RecsysCLI
+    from recsys.train.cli import RecsysCLI, fit_best
 
     repo = Path(__file__).resolve().parents[1]
     ds = "synthetic" if quick else "ml-1m"
@@ -50,12 +48,7 @@ def _train(quick: bool, epochs: int, root_dir: str):
             f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={root_dir}", "--trainer.logger=false",
             "--trainer.enable_progress_bar=false", f"--checkpoint.dirpath={root_dir}"]
     cli = RecsysCLI(args=args, run=False)
-    t = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
-    secs = time.perf_counter() - t
-    best = cli.trainer.checkpoint_callback.best_model_path
-    if best:
-        cli.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    secs, _ = fit_best(cli)
     return cli.model.eval(), cli.datamodule, secs
 
 

@@ -484,12 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, runs,
-              data=None, resume: bool = False, refit: bool = False, beam: int = 16) -> tuple[dict, object]:
+              data=None, resume: bool = False, refit: frozenset | set = frozenset(), beam: int = 16
+              ) -> tuple[dict, object]:
     """Train every (head, seed) on ``base + head file + run overrides``; append records to
     ``runs``; return (head config sources, data). ``data``: the RecData earlier runs loaded
-    (every run must load that same one). ``refit``: each validated run is followed by a refit
-    on train + validation for its best epoch count (``refit_overrides``), whose test metrics
-    the record reports."""
+    (every run must load that same one). ``refit``: the heads whose validated runs are each
+    followed by a refit on train + validation for their best epoch count (``refit_overrides``),
+    whose test metrics the record reports."""
     sources = {}
     for head in heads:
         head_args, sources[head] = head_source(head, folder)
@@ -505,7 +506,7 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
                 raise ConfigError(f"run {head} seed {seed} loaded other data than the first run: compare needs "
                                   "one dataset. Fix: keep the data settings in the base config only.")
             data = d
-            if refit and rec.get("best_epoch") is not None:
+            if head in refit and rec.get("best_epoch") is not None:
                 rdir = out / "runs" / head / f"seed{seed}-refit"
                 rrun = out / "configs" / f"{head}_seed{seed}.refit.run.yaml"
                 rrun.write_text(yaml.safe_dump(refit_overrides(seed, rdir, rec), sort_keys=False))
@@ -514,7 +515,7 @@ def run_heads(heads, seeds, base_path, folder, out, max_epochs, extra, ks_req, r
                                   out / "configs" / f"{head}_seed{seed}.refit.yaml", rdir, resume, splits=("test",),
                                   beam=beam)
                 rec = merge_refit(rec, r)
-            elif refit:
+            elif head in refit:
                 logger.warning("compare: %s seed %d has no validation-best epoch: not refitted", head, seed)
             runs.append({"model": head, "kind": "head", "seed": seed, "config": str(run),
                          "head_config": sources[head], **rec})
@@ -642,18 +643,15 @@ def main(argv: list[str]) -> None:
         if bad := refit_heads - set(heads):
             raise ConfigError(f"--refit {a.refit}: {sorted(bad)} not among --heads {heads}. Fix: name heads that run, "
                               "or give --refit alone for all of them.")
-        sources, data = {}, None
-        for head in heads:  # in order; each head refitted or not
-            src, data = run_heads([head], seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data,
-                                  a.resume, head in refit_heads, a.beam)
-            sources.update(src)
+        sources, data = run_heads(heads, seeds, base_path, folder, out, a.max_epochs, extra, ks_req, runs,
+                                  resume=a.resume, refit=refit_heads, beam=a.beam)
         best_head = None
         if a.best_head_seeds and heads:
             best_head = best_by_validation(runs)
             more = [s for s in range(a.best_head_seeds) if s not in seeds]
             _say(f"compare: best head on validation NDCG@10: {best_head}; more seeds {more}")
             run_heads([best_head], more, base_path, folder, out, a.max_epochs, extra, ks_req, runs, data, a.resume,
-                      best_head in refit_heads, a.beam)
+                      refit_heads, a.beam)
         if data is None:  # baselines only: the data of the base config
             run = out / "configs" / "data.run.yaml"
             run.write_text(yaml.safe_dump(run_overrides(seeds[0], out / "runs" / "data", None), sort_keys=False))

@@ -6,7 +6,6 @@ test Recall@k / NDCG@k beside a popularity baseline."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 
@@ -31,7 +30,7 @@ def main(argv: list[str]) -> None:
     from recsys.eval.baselines import Popularity
     from recsys.eval.evaluate import evaluate
     from recsys.reporting import metric_table
-    from recsys.train.cli import RecsysCLI
+    from recsys.train.cli import RecsysCLI, fit_best
 
     folder = configs_folder()
     args = ["--config", str(folder / "base.yaml"), "--config", str(folder / f"{a.head}.yaml"),
@@ -40,14 +39,7 @@ def main(argv: list[str]) -> None:
     if a.max_epochs:
         args.append(f"--trainer.max_epochs={a.max_epochs}")
     cli = RecsysCLI(args=args, run=False)
-    t = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
-    secs = time.perf_counter() - t
-    best = cli.trainer.checkpoint_callback.best_model_path
-    if best:
-        import torch
-
-        cli.model.load_state_dict(torch.load(best, weights_only=True)["state_dict"])
+    secs, best = fit_best(cli)
     ks = (10, 20)
     res = evaluate(cli.model, cli.datamodule, "test", ks)
     data = cli.datamodule.data

@@ -127,14 +127,21 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), index: str = "exact"
     require(hasattr(data, "eval_dataloader"), f"data is a {type(data).__name__}: a two-tower model is evaluated "
             "with its InteractionDataModule (its queries need the evaluation inputs). Fix: pass the data module, "
             "e.g. InteractionDataModule.from_data(data).")
-    was = model.training
-    model.eval()
-    users, xq = embed_queries(model.query_tower, data.eval_dataloader(split))
+    users, xq = _eval_queries(model, data, split)
     xb = model.item_embeddings().float().cpu().numpy()
-    model.train(was)
     if index == "beam":
         return evaluate_beam(model.head, xq, users, xb, data.data, split, ks, **(index_params or {}))
     return evaluate_embeddings(xq, users, xb, data.data, split, ks, index, index_params)
+
+
+def _eval_queries(model, data, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(users (Q,), xq (Q, D)) of ``split``, embedded in evaluation mode (the model's mode restored)."""
+    was = model.training
+    model.eval()
+    try:
+        return embed_queries(model.query_tower, data.eval_dataloader(split))
+    finally:
+        model.train(was)
 
 
 def calibration(model, data, split: str = "test") -> dict | None:
@@ -152,13 +159,10 @@ def calibration(model, data, split: str = "test") -> dict | None:
         users = d.eval_users(split)
         prob = model.probabilities(users)
         return None if prob is None else calibration_metrics(prob, d.truth(split)[users])
-    was = model.training
-    model.eval()
-    users, xq = embed_queries(model.query_tower, data.eval_dataloader(split))
+    users, xq = _eval_queries(model, data, split)
     with torch.no_grad():
         xb = model.item_tower.embed_all().float().cpu()  # (N, D), no prior
         prob = model.head.probabilities(torch.from_numpy(xq) @ xb.T).numpy()  # (Q, N)
-    model.train(was)
     return calibration_metrics(prob, data.data.truth(split)[users])
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
+import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -118,6 +120,19 @@ class RecsysCLI(LightningCLI):
         super().instantiate_classes()
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         self.model.recsys_config = self._parser(self.subcommand).dump(cfg, skip_link_targets=True)
+
+
+def fit_best(cli: RecsysCLI) -> tuple[float, str]:
+    """``cli.trainer.fit`` on its model and data, then the best validation checkpoint's weights
+    loaded back into the model (kept as trained when there is none, e.g. no validation).
+    Returns (fit seconds, the best checkpoint's path or "")."""
+    t = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    secs = time.perf_counter() - t
+    best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
+    if best:
+        cli.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    return secs, best
 
 
 def _class_choices(key: str) -> list[str]:
