@@ -12,6 +12,9 @@ from tests.conftest import HEAD_NAMES, REPO, SHARED, config_args
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "gowalla", "bibtex")
 # head files beyond the built-in head names: a second config of one head class
 VARIANTS = {"bibtex": ("softmax",)}  # FullSoftmax without the decoupling mask (full.yaml has it)
+# stage files: a second training stage composed with base.yaml, which also sets its data, optimiser
+# and epochs (the preference stage from a reference checkpoint; tests/test_preference.py runs it)
+STAGES = {"ml-1m": ("preference",)}
 RUNS = ([(ds, h) for ds in DATASETS for h in HEAD_NAMES] + [("synthetic", "tree"), ("ml-1m", "tree")]
         + [(ds, h) for ds, hs in VARIANTS.items() for h in hs])
 TINY_ARGS = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4"]
@@ -26,7 +29,11 @@ def test_every_dataset_has_a_base_and_head_files_hold_only_the_head():
         # the five heads, and maybe newer ones or a variant
         assert {"base", *HEAD_NAMES} <= files <= {"base", *HEADS, *VARIANTS.get(ds, ())}, ds
         assert "head" not in (yaml.safe_load((folder / "base.yaml").read_text())["model"])
-        for h in sorted(files - {"base"}):
+        for h in STAGES.get(ds, ()):
+            cfg = yaml.safe_load((folder / f"{h}.yaml").read_text())
+            assert set(cfg) <= {"trainer", "data", "model"} and "head" in cfg["model"], (ds, h)
+            assert set(cfg["model"]) <= {"head", "reference", "dense_optimizer", "lr_scheduler"}, (ds, h)
+        for h in sorted(files - {"base", *STAGES.get(ds, ())}):
             cfg = yaml.safe_load((folder / f"{h}.yaml").read_text())
             # the head, and at most an epoch cap (Gowalla's full-catalogue heads)
             assert set(cfg) - {"trainer"} == {"model"} and list(cfg["model"]) == ["head"], (ds, h)

@@ -204,3 +204,18 @@ def test_rowwise_adam_equals_a_loop_reference_and_is_lazy(momentum):
     assert ob.state[b.weight]["step"] == 6
     with pytest.raises(ValueError, match="Fix:"):
         RowWiseAdam(emb.parameters(), lr=0.0)
+
+
+def test_multi_optimizer_shares_the_loaded_param_groups_with_a_scheduler():
+    """torch's load_state_dict replaces the group dicts; the wrapper must hand the new ones to
+    an LR scheduler, or a resumed run's schedule would no longer reach the optimizer."""
+    from recsys.model.optim import MultiOptimizer
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = MultiOptimizer([torch.optim.Adam([w], lr=0.1)])
+    opt.load_state_dict(MultiOptimizer([torch.optim.Adam([w], lr=0.5)]).state_dict())
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
+    w.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    assert opt.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.25)

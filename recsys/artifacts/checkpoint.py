@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from recsys.artifacts.config import build_model_and_data, upgrade_class_paths
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError
+from recsys.model.checkpoint_file import read_torch_file
 
 __all__ = ["CheckpointMeta", "read_checkpoint", "load_checkpoint", "build_from_config", "check_vocab",
            "run_dir"]
@@ -64,24 +63,7 @@ def run_dir(ckpt: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, CheckpointMeta]:
     """``(raw checkpoint dict, meta)``; clear ``DataError`` for a missing or foreign file."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"checkpoint {str(path)!r} does not exist. Fix: pass a .ckpt written by `recsys fit`, "
-            "e.g. runs/recsys/version_0/checkpoints/last.ckpt."
-        )
-    try:  # tensors and plain containers only: reading a checkpoint never runs code
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise DataError(
-            f"checkpoint {str(path)!r} holds objects other than tensors and plain values ({str(e).splitlines()[0]}); "
-            "it is refused unread, since loading arbitrary pickles can run code. Fix: pass a .ckpt written by "
-            "`recsys fit` (this version), or load it yourself if you trust its origin."
-        ) from e
-    except Exception as e:  # corrupt / not a torch file
-        raise DataError(
-            f"checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e}): it must be a "
-            "torch checkpoint. Fix: pass a .ckpt written by `recsys fit`."
-        ) from e
+    ckpt = read_torch_file(path)
     extra = ckpt.get("recsys") if isinstance(ckpt, dict) else None
     missing = [k for k in ("config", "dataset", "user_vocab", "item_vocab")
                if not isinstance(extra, dict) or not extra.get(k)]

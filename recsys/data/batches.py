@@ -46,25 +46,41 @@ def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None, values=N
 
 
 class PairDataset(Dataset):
-    """Training pairs; ``__getitems__`` builds a whole batch dict at once."""
+    """Training pairs; ``__getitems__`` builds a whole batch dict at once.
 
-    def __init__(self, data: RecData, max_history: int, seed: int = 0):
+    ``positions``: the train CSR positions that are examples (e.g. the chosen pairs of a
+    preference stage, ``RecData.chosen``); None: every train pair. Bags are drawn from the
+    whole train history either way. Data that keeps its ratings (``RecData.ratings``) adds
+    each example's ``rating`` (B,) to the batch.
+    """
+
+    def __init__(self, data: RecData, max_history: int, seed: int = 0, positions: np.ndarray | None = None):
         self.data, self.H, self.seed = data, max_history, seed
         tr = data.train
         self.indptr, self.items = tr.indptr.astype(np.int64), tr.indices.astype(np.int64)
         self.users = np.repeat(np.arange(tr.shape[0]), np.diff(tr.indptr))  # (nnz,)
+        self.rating = None  # (nnz,) float32 rating of every train pair, when the data keeps ratings
+        if data.ratings is not None:
+            self.rating = np.asarray(data.ratings[self.users.copy(), self.items.copy()], dtype=np.float32).ravel()
+        self.positions = None if positions is None else np.asarray(positions, dtype=np.int64)
+        if self.positions is not None:  # the examples' users, in example order (user weights, sampler)
+            self.users = self.users[self.positions]
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.users)
 
     def __getitem__(self, j):
         return self.__getitems__([j])
 
     def __getitems__(self, idx) -> dict:
-        idx = np.asarray(idx, dtype=np.int64)  # (B,) positions in the train CSR
-        u, i = self.users[idx], self.items[idx]
+        idx = np.asarray(idx, dtype=np.int64)  # (B,) example numbers
+        u = self.users[idx]
+        if self.positions is not None:
+            idx = self.positions[idx]  # (B,) positions in the train CSR
+        i = self.items[idx]
+        extra = {} if self.rating is None else {"rating": self.rating[idx]}  # (B,) explicit ratings
         rng = np.random.default_rng([self.seed, int(idx[0]), int(idx[-1]), len(idx)])
-        batch = {"user": u, "item": i}
+        batch = {"user": u, "item": i, **extra}
         batch.update(query_inputs(self.data, u, self.H, rng=rng, target_pos=idx - self.indptr[u]))
         return {k: torch.from_numpy(v) for k, v in batch.items()}
 

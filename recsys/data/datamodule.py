@@ -70,6 +70,13 @@ class InteractionDataModule(L.LightningDataModule):
             best epoch + 1), ``trainer.limit_val_batches: 0`` and, with a ``prior_grid``,
             ``model.prior_weight`` set to the validated run's choice (``recsys compare
             --refit`` does all three).
+        dislike_threshold: keep the explicit ratings and the pairs rated <= this as dislikes,
+            split per user like the positives (``RecData.dislikes``): evaluation then reports
+            ``disliked@k``, and a preference stage takes its explicit rejected items from the
+            train part. The positives are unchanged. Rated datasets only (MovieLens, rated files).
+        min_rating: train only on the positives rated >= this (``RecData.chosen``: the chosen
+            items of a preference stage); needs ``dislike_threshold`` (which keeps the ratings).
+            Bags, seen items and the known positives stay the whole train history.
     """
 
     def __init__(
@@ -92,6 +99,8 @@ class InteractionDataModule(L.LightningDataModule):
         user_weight_power: float = 0.0,
         bag_weighting: str = "binary",
         refit: bool = False,
+        dislike_threshold: float | None = None,
+        min_rating: float | None = None,
     ):
         super().__init__()
         if batch_size < 1 or max_history < 0:
@@ -111,6 +120,14 @@ class InteractionDataModule(L.LightningDataModule):
         if bag_weighting not in ("binary", "tfidf"):
             raise ConfigError(f"bag_weighting={bag_weighting!r}: need 'binary' or 'tfidf'. Fix: pick one of them.")
         self.bag_weighting, self.refit = bag_weighting, refit
+        if min_rating is not None and dislike_threshold is None and data is None:
+            raise ConfigError(f"min_rating={min_rating} without dislike_threshold: the ratings are kept only when "
+                              "dislikes are. Fix: set data.dislike_threshold (e.g. 2) as well.")
+        if dislike_threshold is not None and source is not None:
+            raise ConfigError(f"dislike_threshold={dislike_threshold} with data.source: dislikes are kept for named "
+                              "datasets and interaction files (data.dataset: ml-1m or events.csv) only. Fix: pass the "
+                              "rated file as data.dataset, or set dislike_threshold: null.")
+        self.dislike_threshold, self.min_rating = dislike_threshold, min_rating
         self.source = source if source is None or isinstance(source, DataSource) else DataSource(**source)
         self._data: RecData | None = data
         if data is not None:
@@ -162,6 +179,7 @@ class InteractionDataModule(L.LightningDataModule):
                 self.dataset, self.root, split=self.split, seed=self.seed,
                 rating_threshold=self.rating_threshold, k_core=self.k_core,
                 synthetic=self.synthetic, side_features=self.side_features, bag_weighting=self.bag_weighting,
+                dislike_threshold=self.dislike_threshold,
             )
         if self.refit and self._data.valid.nnz:
             self._data = self._data.with_valid_in_train()
@@ -183,7 +201,10 @@ class InteractionDataModule(L.LightningDataModule):
 
         trainer = getattr(self, "trainer", None)  # resumed fit: start at the restored epoch
         epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
-        ds = PairDataset(self.data, self.max_history, self.seed)
+        positions = None
+        if self.min_rating is not None:  # the chosen pairs only (positions in the train CSR)
+            positions = np.flatnonzero(self.data.chosen(self.min_rating)[self.data.train.nonzero()].A1)
+        ds = PairDataset(self.data, self.max_history, self.seed, positions=positions)
         g = torch.Generator().manual_seed(self.seed)  # worker seeds: never the global RNG
         weights = None
         if self.user_weight_power > 0:  # (nnz,) n_u ** -beta for every pair of user u
@@ -196,11 +217,15 @@ class InteractionDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Batches of evaluation queries for ``split`` ('valid' or 'test')."""
+        return self.query_dataloader(self.eval_users(split))
+
+    def query_dataloader(self, users: np.ndarray) -> DataLoader:
+        """Batches of the evaluation inputs (whole histories, ``eval_max_history``) of ``users``."""
         H = self.eval_max_history
         if H is None:  # the longest bag among all queries
             m = self.data.query_bags if self.data.query_bags is not None else self.data.history
             H = int(np.diff(m.indptr).max()) if self.max_history > 0 else 0
-        ds = QueryDataset(self.data, self.eval_users(split), H)
+        ds = QueryDataset(self.data, np.asarray(users), H)
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=batch_identity)
 
     def val_dataloader(self) -> DataLoader:

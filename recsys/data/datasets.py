@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from recsys.data import formats
 from recsys.data.formats.table import SUFFIX_FORMATS
 from recsys.data.preprocess import kcore, to_implicit
-from recsys.data.recdata import RecData, binary_csr, from_interactions
+from recsys.data.recdata import RecData, binary_csr, from_interactions, with_ratings
 from recsys.data.source import DataSource, load_source
 from recsys.data.synthetic import SyntheticConfig, make_synthetic
 from recsys.data.vocab import Vocab
@@ -90,12 +90,15 @@ def load_interactions(name: str, root: str | os.PathLike | None = None) -> pd.Da
     return formats.read_movielens(_find(data_root(root), name, _RATINGS[name]))
 
 
-def _build(df, name, split, seed, rating_threshold, k_core, uf=None, itf=None, titles=None) -> RecData:
-    """The protocol: ratings >= threshold, iterative k-core, vocab, split."""
-    df = to_implicit(df, rating_threshold, source=name)
-    df = kcore(df, k_core, k_core, source=name)
-    return from_interactions(df, name, split=split, seed=seed, user_features=uf, item_features=itf,
+def _build(df, name, split, seed, rating_threshold, k_core, uf=None, itf=None, titles=None,
+           dislike_threshold=None) -> RecData:
+    """The protocol: ratings >= threshold, iterative k-core, vocab, split; with
+    ``dislike_threshold`` the ratings and the dislikes kept beside (``recdata.with_ratings``)."""
+    pos = to_implicit(df, rating_threshold, source=name)
+    pos = kcore(pos, k_core, k_core, source=name)
+    data = from_interactions(pos, name, split=split, seed=seed, user_features=uf, item_features=itf,
                              item_titles=titles)
+    return data if dislike_threshold is None else with_ratings(data, df, dislike_threshold, seed=seed)
 
 
 @register("synthetic")
@@ -116,16 +119,18 @@ def _synthetic(root=None, *, split="random", seed=0, rating_threshold=3.0, k_cor
 
 def _movielens(name: str, item_reader, user_reader, item_file: str, user_file: str):
     def load(root=None, *, split="random", seed=0, rating_threshold=3.0, k_core=10, synthetic=None,
-             side_features=True) -> RecData:
+             side_features=True, dislike_threshold=None) -> RecData:
         df = load_interactions(name, root)
         r = data_root(root)
         items = item_reader(_find(r, name, [item_file])).set_index("item")
         users = user_reader(_find(r, name, [user_file]))
         itf = items[["genres"]] if side_features else None
         uf = users.set_index("user")[["gender", "age", "occupation"]] if side_features else None
-        return _build(df, name, split, seed, rating_threshold, k_core, uf, itf, items["title"])
+        return _build(df, name, split, seed, rating_threshold, k_core, uf, itf, items["title"],
+                      dislike_threshold=dislike_threshold)
 
-    load.__doc__ = f"MovieLens {name}: ratings, genres, titles and user demographics."
+    load.__doc__ = (f"MovieLens {name}: ratings, genres, titles and user demographics; ``dislike_threshold``: "
+                    "also the ratings and the low-rated pairs (``RecData.ratings`` / ``dislikes``).")
     return register(name)(load)
 
 
@@ -184,17 +189,21 @@ def load_dataset(
     synthetic: SyntheticConfig | dict | None = None,
     side_features: bool = True,
     bag_weighting: str = "binary",
+    dislike_threshold: float | None = None,
 ) -> RecData:
     """Load, filter (ratings >= threshold, iterative k-core), encode and split a dataset.
 
     Defaults follow the protocol of docs/protocol.md (ratings >= 3, 10-core, per-user
     random 8:1:1). ``seed`` is the split seed (and the generator seed of ``synthetic``
-    unless its config sets one).
+    unless its config sets one). ``dislike_threshold``: keep the explicit ratings and the
+    pairs rated <= it as dislikes, split per user like the positives (``RecData.dislikes``;
+    datasets with ratings: MovieLens, or a rated interaction file); the positives are unchanged.
     """
     if name not in DATASETS and _is_table_file(name):
-        return _load_cached(("file", str(Path(name).resolve()), split, seed, rating_threshold, k_core),
+        return _load_cached(("file", str(Path(name).resolve()), split, seed, rating_threshold, k_core,
+                             dislike_threshold),
                             lambda: load_file(name, split=split, seed=seed, rating_threshold=rating_threshold,
-                                              k_core=k_core))
+                                              k_core=k_core, dislike_threshold=dislike_threshold))
     if name not in DATASETS:
         raise ConfigError(f"dataset '{name}' is unknown; valid: {list(DATASETS)}, or the path of a .csv / .tsv / "
                           ".parquet interaction file. Fix: pick one of them.")
@@ -208,6 +217,12 @@ def load_dataset(
                               "are users described by their history). Fix: leave bag_weighting at 'binary', or use "
                               "a document dataset such as bibtex.")
         kw["bag_weighting"] = bag_weighting
+    if dislike_threshold is not None:  # datasets with explicit ratings only (their loaders take it)
+        if "dislike_threshold" not in inspect.signature(DATASETS[name]).parameters:
+            raise ConfigError(f"dislike_threshold={dislike_threshold} but dataset {name!r} has no explicit ratings to "
+                              "take dislikes from. Fix: set dislike_threshold: null, or use a rated dataset "
+                              "(ml-100k, ml-1m, or a file with a rating column).")
+        kw["dislike_threshold"] = dislike_threshold
     key_kw = {**kw, "synthetic": asdict(synthetic) if name == "synthetic" else None}  # only synthetic reads it
     return _load_cached((name, str(root), sorted(key_kw.items())), lambda: DATASETS[name](root, **kw))
 
@@ -229,15 +244,15 @@ def _is_table_file(name: str) -> bool:
 
 
 def load_file(path: str | os.PathLike, split: str = "random", seed: int = 0, rating_threshold: float | None = 3.0,
-              k_core: int = 10) -> RecData:
+              k_core: int = 10, dislike_threshold: float | None = None) -> RecData:
     """Your own interaction file (``--data.dataset=events.csv``): the ``DataSource`` of a CSV /
     TSV / Parquet file whose columns have the usual names (``formats.table.ALIASES``) with
     the protocol: ratings >= ``rating_threshold`` when the file has a rating / weight column
     (every row otherwise), iterative ``k_core``, vocab, ``split``. Repeated (user, item[,
-    time]) rows keep the last."""
+    time]) rows keep the last. ``dislike_threshold``: as in ``load_dataset`` (needs a rating column)."""
     df = formats.read_interactions(path, columns="auto", dedupe="last")
     threshold = rating_threshold if "rating" in df.columns else None
-    return _build(df, Path(path).name, split, seed, threshold, k_core)
+    return _build(df, Path(path).name, split, seed, threshold, k_core, dislike_threshold=dislike_threshold)
 
 
 def load_source_cached(src: DataSource, seed: int = 0) -> RecData:

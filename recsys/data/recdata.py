@@ -45,6 +45,8 @@ class RecData:
     valid_candidates: np.ndarray | None = None  # (M,) cold validation items ranked for 'valid' (cold_valid)
     propensity_ab: tuple[float, float] | None = None  # (A, B) of the XMC propensity model: adds PSP@k, PSnDCG@k
     bag_weighting: str = "binary"  # how query_bags' values were made: binary / raw values, or "tfidf"
+    ratings: sp.csr_matrix | None = None  # (U, N) explicit rating of every known pair (positives and dislikes)
+    dislikes: dict[str, sp.csr_matrix] | None = None  # split -> (U, N) binary: pairs rated <= the dislike threshold
 
     @cached_property
     def weighted_bags(self) -> bool:
@@ -159,6 +161,17 @@ class RecData:
             self.seen(split)  # the error naming the choices
         return {"valid": self.valid, "test": self.test}[split]
 
+    def chosen(self, min_rating: float) -> sp.csr_matrix:
+        """(U, N) binary: the train positives rated >= ``min_rating`` (the chosen items of a
+        preference stage). Needs ``ratings`` (``with_ratings``)."""
+        if self.ratings is None:
+            raise ConfigError(f"{self.name}: min_rating={min_rating} needs the explicit ratings, which this data "
+                              "does not keep. Fix: load it with dislike_threshold (e.g. data.dislike_threshold: 2) "
+                              "from a file with a rating column, or drop min_rating.")
+        r = self.train.multiply(self.ratings).tocsr()  # the ratings of the train pairs
+        r.data = (r.data >= min_rating).astype(np.float32)
+        return binary_csr(r)
+
     def with_valid_in_train(self) -> RecData:
         """The data of a refit: train = train + validation, an empty validation set, test as
         it is (its seen items, train + validation, unchanged). After the epochs and settings
@@ -190,6 +203,37 @@ class RecData:
             "item_numeric_features": 0 if self.item_numeric is None else int(self.item_numeric.shape[1]),
             "user_feature_fields": len(self.user_feature_cards),
         }
+
+
+def with_ratings(data: RecData, raw: pd.DataFrame, dislike_threshold: float, seed: int = 0) -> RecData:
+    """``data`` with its explicit ratings and dislikes kept beside the positives.
+
+    ``raw`` is the interaction frame before filtering (raw ids, a ``rating`` column). Only
+    pairs of the data's users and items count (the positive protocol, its vocabulary and
+    split stay exactly as they are). ``ratings`` (U, N) holds every such pair's rating (the
+    last of repeated rows); ``dislikes`` holds the pairs rated <= ``dislike_threshold``,
+    split per user at random 8:1:1 with ``seed``, the procedure of the positives
+    (``splits.split_random``), so ``dislikes["test"]`` are held-out dislikes of the test
+    users (``disliked@k``) and ``dislikes["train"]`` the explicit rejected items of training.
+    """
+    if "rating" not in raw.columns:
+        raise DataError(f"{data.name}: dislike_threshold={dislike_threshold} needs a 'rating' column, found "
+                        f"{list(raw.columns)}. Fix: load a file with ratings, or set dislike_threshold: null.")
+    u = data.user_vocab.raw.get_indexer(raw["user"].to_numpy())
+    i = data.item_vocab.raw.get_indexer(raw["item"].to_numpy())
+    known = (u >= 0) & (i >= 0)
+    frame = pd.DataFrame({"user": u[known], "item": i[known],
+                          "rating": raw["rating"].to_numpy(dtype=np.float32)[known]})
+    frame = frame.drop_duplicates(["user", "item"], keep="last")
+    shape = (data.n_users, data.n_items)
+    ratings = sp.csr_matrix((frame["rating"].to_numpy(), (frame["user"].to_numpy(), frame["item"].to_numpy())),
+                            shape=shape, dtype=np.float32)
+    ratings.sort_indices()
+    low = frame[frame["rating"].to_numpy() <= dislike_threshold]
+    parts = make_split(low[["user", "item"]].reset_index(drop=True), "random", seed=seed)
+    dislikes = {name: to_csr(p["user"].to_numpy(), p["item"].to_numpy(), shape)
+                for name, p in zip(("train", "valid", "test"), parts)}
+    return replace(data, ratings=ratings, dislikes=dislikes)
 
 
 def binary_csr(m) -> sp.csr_matrix:

@@ -23,7 +23,13 @@ import torch
 from recsys.data.recdata import RecData
 from recsys.errors import require
 from recsys.eval.baselines import Baseline
-from recsys.eval.metrics import calibration_metrics, per_user_metrics, propensity_metrics, ranking_metrics
+from recsys.eval.metrics import (
+    calibration_metrics,
+    disliked_metrics,
+    per_user_metrics,
+    propensity_metrics,
+    ranking_metrics,
+)
 from recsys.retrieval import make_retriever, recall_vs_exact
 
 __all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "evaluate_beam", "topk_metrics", "embed_queries",
@@ -61,6 +67,8 @@ def topk_metrics(I: np.ndarray, users: np.ndarray, data: RecData, split: str = "
     w = data.inverse_propensity()  # multi-label data (propensity_ab set): PSP@k, PSnDCG@k
     if w is not None:
         m.update(propensity_metrics(I, truth, w, ks))
+    if data.dislikes is not None and split in data.dislikes:  # rated data: held-out dislikes in the top-k
+        m.update(disliked_metrics(I, data.dislikes[split][users], ks))
     m["search_seconds"] = seconds
     return EvalResult(m, per_user_metrics(I, truth, ks), users, I)
 

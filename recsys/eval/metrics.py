@@ -46,7 +46,7 @@ from recsys.numeric import gini, inverse_propensity
 from recsys.retrieval.keys import member
 
 __all__ = ["hits_matrix", "per_user_metrics", "ranking_metrics", "RANK_METRICS", "inverse_propensity",
-           "propensity_metrics", "calibration_metrics"]
+           "propensity_metrics", "calibration_metrics", "disliked_metrics", "repetition", "topk_kl"]
 
 # The per-user ranking metrics, in the order they appear in tables.
 RANK_METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
@@ -279,3 +279,43 @@ def calibration_metrics(prob: np.ndarray, truth: sp.spmatrix, n_bins: int = 12,
     n, hit, conf = (np.bincount(b, weights=w, minlength=n_bins) for w in (None, y.ravel(), p.ravel()))
     return {"ece": float(np.abs(hit - conf).sum() / max(p.size, 1)), "brier": float(((p - y) ** 2).mean()),
             "expected_labels": float(p.sum(1).mean()), "true_labels": float(y.sum(1).mean())}
+
+
+def disliked_metrics(I: np.ndarray, dislikes: sp.spmatrix, ks: Sequence[int] = (10, 20)) -> dict[str, float]:
+    """``disliked@k``: the mean over all Q queries of the share of the top-k that are the
+    query's held-out dislikes (rows of ``dislikes`` (Q, N), e.g. the test pairs rated <= 2,
+    ``RecData.dislikes``): |top-k ∩ D_u| / k. Queries without a held-out dislike count 0, so
+    the mean is over the same users as the ranking metrics; lower is better."""
+    I, dislikes = _check_inputs(I, dislikes)
+    hits = hits_matrix(I, dislikes)  # (Q, K)
+    out = {}
+    for k in ks:
+        _check_k(k, I)
+        out[f"disliked@{k}"] = float(hits[:, :k].sum(1).mean() / k) if len(I) else float("nan")
+    return out
+
+
+def repetition(I: np.ndarray, k: int = 10) -> float:
+    """The share of queries whose top-k list (in order) equals the most common top-k list of
+    ``I`` (Q, K): 1 / Q when every list differs, 1 when every query gets the same list (the
+    collapse of a model that recommends one list to everybody)."""
+    _check_k(k, I)
+    if len(I) == 0:
+        return float("nan")
+    _, counts = np.unique(np.ascontiguousarray(I[:, :k]), axis=0, return_counts=True)
+    return float(counts.max() / len(I))
+
+
+def topk_kl(logits: np.ndarray, ref_logits: np.ndarray) -> float:
+    """Mean KL(p || p_ref) over queries of two distributions renormalised on the same k items
+    per query: ``logits`` and ``ref_logits`` (Q, k) are the model's and the reference's
+    scores / T at the model's top-k items. 0 when the two agree up to a per-query constant
+    (the renormalisation removes each one's log-partition)."""
+    a = np.asarray(logits, dtype=np.float64)
+    b = np.asarray(ref_logits, dtype=np.float64)
+    if a.shape != b.shape:
+        raise DataError(f"logits {a.shape} and ref_logits {b.shape}: the two models' scores must be taken at the "
+                        "same items. Fix: gather both at the model's top-k ids.")
+    la = a - np.logaddexp.reduce(a, axis=1, keepdims=True)
+    lb = b - np.logaddexp.reduce(b, axis=1, keepdims=True)
+    return float((np.exp(la) * (la - lb)).sum(1).mean()) if len(a) else float("nan")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -12,11 +13,13 @@ import torch
 from torch import nn
 
 from recsys.errors import ConfigError, RecsysError
-from recsys.eval.evaluate import evaluate_embeddings
+from recsys.eval.evaluate import embed_queries, evaluate_embeddings
+from recsys.eval.metrics import repetition
 from recsys.model.corrections import log_frequency
 from recsys.model.heads.base import Head, KnownPositives
 from recsys.model.heads.inbatch import InBatchSoftmax
 from recsys.model.optim import MultiOptimizer, SparseAdam
+from recsys.model.preference import Reference, collapse_diagnostics, reference_state
 from recsys.model.towers import ItemTower, QueryTower
 from recsys.schema import Schema
 
@@ -76,6 +79,18 @@ class TwoTowerModule(L.LightningModule):
             so FAISS serves it unchanged). Costs len(grid) validation scorings per epoch.
         prior_weight: w used until a validation chooses one: the value a refit without
             validation (``data.refit``) serves, copied from the validated run.
+        reference: a ``recsys fit`` checkpoint (``PATH.ckpt``) of the same data and towers, for
+            a head that trains against a frozen reference (``PreferenceHead``). When fitting
+            starts, the policy's towers (and its prior weight) are loaded from it and a frozen
+            copy of its query tower with its item embeddings, computed once, becomes the
+            reference (``recsys.model.preference.Reference``, saved in this model's
+            checkpoints, so they evaluate without the file). Validation then also logs the
+            collapse diagnostics (``collapse_diagnostics``, ``repetition@10``).
+        reference_optimizer: also start the optimizer from the reference checkpoint's state (its
+            Adam moments), with this config's learning rates: a fresh Adam's first steps move
+            every coordinate by about lr whatever its gradient, which on a converged model costs
+            validation NDCG before the stage's own signal arrives. Ignored (with a warning)
+            when the parameter groups do not match.
     """
 
     def __init__(
@@ -91,6 +106,8 @@ class TwoTowerModule(L.LightningModule):
         eval_index: str = "exact",
         prior_grid: list[float] | None = None,
         prior_weight: float = 0.0,
+        reference: str | None = None,
+        reference_optimizer: bool = True,
     ):
         super().__init__()
         if schema is None:
@@ -110,6 +127,20 @@ class TwoTowerModule(L.LightningModule):
             )
         self.head = head if head is not None else InBatchSoftmax()
         check_head_sizes(self.head, schema.n_items)
+        needs = bool(getattr(self.head, "needs_reference", False))
+        if needs != (reference is not None):
+            raise ConfigError(
+                f"model.reference={reference!r} with head {type(self.head).__name__}: "
+                + ("this head trains against a frozen reference and needs a `recsys fit` checkpoint. Fix: set "
+                   "model.reference: runs/.../checkpoints/best.ckpt (e.g. an in-batch fit of the same data)."
+                   if needs else "only a head that trains against a reference (PreferenceHead) uses one. Fix: "
+                   "drop model.reference, or use model.head PreferenceHead.")
+            )
+        self.reference_path, self.reference_optimizer = reference, reference_optimizer
+        self._reference_optim_state: list | None = None
+        self.reference = None
+        if reference is not None:  # filled from the file when fitting starts (load_reference)
+            self.reference = Reference(query_tower(schema), schema.n_items, it.dim + int(it.item_bias))
         self.dense_optimizer = dense_optimizer or _adam
         self.sparse_optimizer = sparse_optimizer or _sparse_adam
         self.lr_scheduler = lr_scheduler
@@ -149,7 +180,54 @@ class TwoTowerModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None:
+            if stage == "fit" and self.reference is not None:
+                self.load_reference(dm)
             self.bind(dm.data)
+
+    @torch.no_grad()
+    def load_reference(self, datamodule) -> None:
+        """Start the policy from ``model.reference`` and set the frozen reference (its query tower
+        and item embeddings), then give the head the reference's embeddings of every user and
+        item (``PreferenceHead.prepare``: the mined rejected pool). A resumed fit then restores
+        its own weights over these (Lightning loads the checkpoint after ``setup``)."""
+        data = datamodule.data
+        sd, optim = reference_state(self.reference_path, data.item_vocab.fingerprint(), data.user_vocab.fingerprint())
+        self._reference_optim_state = optim if self.reference_optimizer else None
+        for name, tower in (("query_tower", self.query_tower), ("item_tower", self.item_tower)):
+            part = {k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")}
+            try:
+                tower.load_state_dict(part, strict=True)
+            except RuntimeError as e:
+                raise ConfigError(f"model.reference={self.reference_path!r}: its {name} does not fit this model's "
+                                  f"({str(e).splitlines()[0]}). Fix: compose the stage with the reference's own base "
+                                  "config (same towers, dim, features).") from e
+        if self.prior_grid is not None and "prior_weight" in sd:
+            self.prior_weight.copy_(sd["prior_weight"])
+        was = self.training
+        self.eval()
+        self.reference.load(self.query_tower.state_dict(), self.item_tower.embed_all())
+        users, xq = embed_queries(self.reference.query_tower,
+                                  datamodule.query_dataloader(np.arange(data.n_users)))
+        self.train(was)
+        order = np.argsort(users)
+        self.head.prepare(data, xq[order], self.reference.items.float().cpu().numpy())
+
+    def on_train_start(self) -> None:
+        """A fresh preference stage: the reference's optimizer state with this run's learning
+        rates (``reference_optimizer``); a resumed one keeps its own."""
+        state, self._reference_optim_state = self._reference_optim_state, None
+        if not state or self.global_step > 0:
+            return
+        opt = self.trainer.optimizers[0]
+        mine = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        try:
+            opt.load_state_dict(state[0])
+        except (ValueError, KeyError, RuntimeError) as e:
+            warnings.warn(f"model.reference_optimizer: the reference's optimizer state does not fit this model's "
+                          f"parameters ({e}); the stage starts with a fresh optimizer.", stacklevel=2)
+            return
+        for g, settings in zip(opt.param_groups, mine):  # keep this run's lr and settings
+            g.update(settings)
 
     def configure_callbacks(self):
         return self.head.callbacks()
@@ -175,7 +253,8 @@ class TwoTowerModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         q = self.query_tower(batch)  # (B, D)
-        out = self.head(q, batch, self.item_tower)
+        extra = {} if self.reference is None else {"reference": self.reference}
+        out = self.head(q, batch, self.item_tower, **extra)
         bad = not bool(torch.isfinite(out.loss))
         if self.trainer.world_size > 1:  # stop every process together (no rank left in a collective)
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
@@ -222,7 +301,10 @@ class TwoTowerModule(L.LightningModule):
         self._eval_buf = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_buf.append((batch["user"], self.query_tower(batch)))
+        q = self.query_tower(batch)
+        if self.reference is not None:  # the reference's embedding beside it (collapse diagnostics)
+            q = torch.cat([q, self.reference.query(batch)], dim=1)
+        self._eval_buf.append((batch["user"], q))
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("valid", "val")
@@ -244,6 +326,9 @@ class TwoTowerModule(L.LightningModule):
             xq = self.all_gather(xq).reshape(-1, xq.shape[-1])
         users_np, first = np.unique(users.cpu().numpy(), return_index=True)
         xq_np = xq.cpu().numpy()[first]
+        xq_ref = None
+        if self.reference is not None:  # (Q, 2D): the policy's then the reference's embeddings
+            xq_np, xq_ref = np.split(xq_np, 2, axis=1)
         xb = self.item_tower.embed_all()  # (N, D), once for every prior weight
         key = f"ndcg@{min(self.eval_ks)}"
 
@@ -261,9 +346,27 @@ class TwoTowerModule(L.LightningModule):
         main = f"{prefix}/{key}"
         vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
                 if isinstance(v, float) and math.isfinite(v)}
+        diag = {} if xq_ref is None else self.preference_diagnostics(users_np, xq_np, xq_ref, xb, split, res.I)
+        vals.update({f"{prefix}/{k}": v for k, v in diag.items() if math.isfinite(v)})
         self.log(main, vals.pop(main), prog_bar=True, sync_dist=True)  # equal on every rank already
         self.log_dict(vals, sync_dist=True)
-        self.last_eval = res.metrics
+        self.last_eval = {**res.metrics, **diag}
+
+    def preference_diagnostics(self, users, xq, xq_ref, xb, split: str, I) -> dict:
+        """The collapse diagnostics of a model with a reference on ``split``'s queries: the chosen
+        margin on held-out chosen items (rated >= ``data.min_rating``, else every held-out item),
+        the KL to the reference over the top 100 and ``repetition@10`` of the served top-k ``I``."""
+        dm = self.trainer.datamodule
+        data = dm.data
+        truth = data.truth(split)[users]
+        min_rating = getattr(dm, "min_rating", None)
+        if min_rating is not None and data.ratings is not None:
+            truth = truth.multiply(data.ratings[users] >= min_rating).tocsr()
+        out = collapse_diagnostics(xq, xq_ref, xb.float().cpu().numpy(), self.reference.items.float().cpu().numpy(),
+                                   float(self.head.temperature()), truth, data.seen(split)[users])
+        if I is not None and I.shape[1] >= 10:
+            out["repetition@10"] = repetition(I, 10)
+        return out
 
     # ---- checkpoint extras -------------------------------------------------------------
     def upgrade_checkpoint(self, checkpoint: dict) -> dict:

@@ -84,6 +84,9 @@ class MultiOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         for o, s in zip(self.optimizers, state_dict["optimizers"]):
             o.load_state_dict(s)
+        # torch's load_state_dict replaces each optimizer's group dicts: share the new ones, or an LR
+        # scheduler (which writes into these) would change dicts no optimizer reads any more
+        self.param_groups[:] = [g for o in self.optimizers for g in o.param_groups]
 
     def __repr__(self) -> str:
         return "MultiOptimizer(" + ", ".join(type(o).__name__ for o in self.optimizers) + ")"
