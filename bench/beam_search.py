@@ -142,10 +142,7 @@ def _plots(q: dict, out: Path) -> list[str]:
     ax[1].plot([r["temperature"] for r in g], [r["recall@10"] for r in g], marker="s", label="recall@10")
     ax[1].set(xlabel="Gumbel temperature (beam 16)", title="Stochastic beam")
     ax[1].legend()
-    fig.tight_layout()
-    p = out / "beam_search_diversity.png"
-    fig.savefig(p, dpi=110)
-    files.append(p.name)
+    files.append(C.save_figure(fig, out, "beam_search_diversity.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["ms_per_query"] for r in b], [r["recall@10"] for r in b], marker="o",
             label="tree beam (1 ... exhaustive)")
@@ -155,10 +152,7 @@ def _plots(q: dict, out: Path) -> list[str]:
     ax.set(xscale="log", xlabel="ms per query (2 threads)", ylabel="test recall@10",
            title=f"Recall against latency ({q['dataset']}, {q['items']:,} items)")
     ax.legend()
-    fig.tight_layout()
-    p = out / "beam_search_latency.png"
-    fig.savefig(p, dpi=110)
-    files.append(p.name)
+    files.append(C.save_figure(fig, out, "beam_search_latency.png"))
     plt.close("all")
     return files
 

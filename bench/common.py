@@ -249,6 +249,13 @@ def make_module(data, head_name: str, dim: int = D, **tower_kw):
 
 
 # ---- results ---------------------------------------------------------------------------------
+def save_figure(fig, out: Path, name: str) -> str:
+    """``fig`` (tight layout) as ``out/name`` at 110 dpi; returns ``name`` for the report's notes."""
+    fig.tight_layout()
+    fig.savefig(Path(out) / name, dpi=110)
+    return name
+
+
 class Report:
     """Collects a benchmark's tables, targets and notes; ``write`` saves JSON + Markdown."""
 

@@ -207,10 +207,7 @@ def _plots(runs: dict, ref: dict, out: Path) -> list[str]:
     axes[2].axhline(0.99 * ref["valid"]["ndcg@10"], color="grey", ls="--", lw=0.8, label="99% of the reference")
     axes[2].legend(fontsize=7)
     fig.suptitle("beta 0.5: pure DPO against alpha 1 and DPO-positive (ML-1M validation, every quarter epoch)")
-    fig.tight_layout()
-    p = out / "preference_collapse.png"
-    fig.savefig(p, dpi=110)
-    files.append(p.name)
+    files.append(C.save_figure(fig, out, "preference_collapse.png"))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.scatter([ref["test"]["disliked@10"]], [ref["test"]["ndcg@10"]], marker="*", s=160, color="k",
                label="reference")
@@ -225,10 +222,7 @@ def _plots(runs: dict, ref: dict, out: Path) -> list[str]:
     ax.set_ylabel("test NDCG@10")
     ax.set_title("ML-1M: every stage against the reference\n(dashed: -1% NDCG; dotted: -30% disliked)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = out / "preference_tradeoff.png"
-    fig.savefig(p, dpi=110)
-    files.append(p.name)
+    files.append(C.save_figure(fig, out, "preference_tradeoff.png"))
     plt.close("all")
     return files
 

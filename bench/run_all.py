@@ -20,7 +20,7 @@ from pathlib import Path
 from bench import common as C
 
 BENCHMARKS = ("train_throughput", "train_throughput_shipped", "eval_speed", "hard_negative_overhead", "memory",
-              "data_pipeline", "time_to_quality", "serving", "beam_search")
+              "data_pipeline", "time_to_quality", "serving", "beam_search", "preference_ml1m")
 COMMANDS = {"train_throughput_shipped": ("train_throughput", ["--shipped"])}  # name -> (module, flags)
 
 
