@@ -48,21 +48,20 @@ def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None, values=N
 class PairDataset(Dataset):
     """Training pairs; ``__getitems__`` builds a whole batch dict at once.
 
-    ``positions``: the train CSR positions that are examples (e.g. the chosen pairs of a
+    ``min_rating``: only the train pairs rated >= this are examples (the chosen pairs of a
     preference stage, ``RecData.chosen``); None: every train pair. Bags are drawn from the
     whole train history either way. Data that keeps its ratings (``RecData.ratings``) adds
     each example's ``rating`` (B,) to the batch.
     """
 
-    def __init__(self, data: RecData, max_history: int, seed: int = 0, positions: np.ndarray | None = None):
+    def __init__(self, data: RecData, max_history: int, seed: int = 0, min_rating: float | None = None):
         self.data, self.H, self.seed = data, max_history, seed
         tr = data.train
         self.indptr, self.items = tr.indptr.astype(np.int64), tr.indices.astype(np.int64)
         self.users = np.repeat(np.arange(tr.shape[0]), np.diff(tr.indptr))  # (nnz,)
-        self.rating = None  # (nnz,) float32 rating of every train pair, when the data keeps ratings
-        if data.ratings is not None:
-            self.rating = np.asarray(data.ratings[self.users.copy(), self.items.copy()], dtype=np.float32).ravel()
-        self.positions = None if positions is None else np.asarray(positions, dtype=np.int64)
+        # (nnz,) float32 rating of every train pair, when the data keeps ratings
+        self.rating = None if data.ratings is None and min_rating is None else data.train_ratings()
+        self.positions = None if min_rating is None else np.flatnonzero(self.rating >= min_rating)
         if self.positions is not None:  # the examples' users, in example order (user weights, sampler)
             self.users = self.users[self.positions]
 

@@ -201,10 +201,7 @@ class InteractionDataModule(L.LightningDataModule):
 
         trainer = getattr(self, "trainer", None)  # resumed fit: start at the restored epoch
         epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
-        positions = None
-        if self.min_rating is not None:  # the chosen pairs only (positions in the train CSR)
-            positions = np.flatnonzero(self.data.chosen(self.min_rating)[self.data.train.nonzero()].A1)
-        ds = PairDataset(self.data, self.max_history, self.seed, positions=positions)
+        ds = PairDataset(self.data, self.max_history, self.seed, min_rating=self.min_rating)
         g = torch.Generator().manual_seed(self.seed)  # worker seeds: never the global RNG
         weights = None
         if self.user_weight_power > 0:  # (nnz,) n_u ** -beta for every pair of user u

@@ -161,16 +161,22 @@ class RecData:
             self.seen(split)  # the error naming the choices
         return {"valid": self.valid, "test": self.test}[split]
 
+    def train_ratings(self, need: str = "min_rating") -> np.ndarray:
+        """(nnz,) float32: the explicit rating of every train pair, in the train CSR's order.
+        Needs ``ratings`` (``with_ratings``); ``need`` names the setting that asked, in the error."""
+        if self.ratings is None:
+            raise ConfigError(f"{self.name}: {need} needs the explicit ratings, which this data does not keep. Fix: "
+                              "load it with dislike_threshold (e.g. data.dislike_threshold: 2) from a file with a "
+                              f"rating column, or drop {need}.")
+        rows = np.repeat(np.arange(self.n_users), np.diff(self.train.indptr))
+        return np.asarray(self.ratings[rows, self.train.indices.astype(np.int64)], dtype=np.float32).ravel()
+
     def chosen(self, min_rating: float) -> sp.csr_matrix:
         """(U, N) binary: the train positives rated >= ``min_rating`` (the chosen items of a
         preference stage). Needs ``ratings`` (``with_ratings``)."""
-        if self.ratings is None:
-            raise ConfigError(f"{self.name}: min_rating={min_rating} needs the explicit ratings, which this data "
-                              "does not keep. Fix: load it with dislike_threshold (e.g. data.dislike_threshold: 2) "
-                              "from a file with a rating column, or drop min_rating.")
-        r = self.train.multiply(self.ratings).tocsr()  # the ratings of the train pairs
-        r.data = (r.data >= min_rating).astype(np.float32)
-        return binary_csr(r)
+        m = self.train.copy()
+        m.data = (self.train_ratings(f"min_rating={min_rating}") >= min_rating).astype(np.float32)
+        return binary_csr(m)
 
     def with_valid_in_train(self) -> RecData:
         """The data of a refit: train = train + validation, an empty validation set, test as

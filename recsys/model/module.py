@@ -346,24 +346,37 @@ class TwoTowerModule(L.LightningModule):
         main = f"{prefix}/{key}"
         vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
                 if isinstance(v, float) and math.isfinite(v)}
-        diag = {} if xq_ref is None else self.preference_diagnostics(users_np, xq_np, xq_ref, xb, split, res.I)
+        diag = {} if xq_ref is None else self.preference_diagnostics(self.trainer.datamodule, split, res.I,
+                                                                     (users_np, xq_np, xq_ref))
         vals.update({f"{prefix}/{k}": v for k, v in diag.items() if math.isfinite(v)})
         self.log(main, vals.pop(main), prog_bar=True, sync_dist=True)  # equal on every rank already
         self.log_dict(vals, sync_dist=True)
         self.last_eval = {**res.metrics, **diag}
 
-    def preference_diagnostics(self, users, xq, xq_ref, xb, split: str, I) -> dict:
-        """The collapse diagnostics of a model with a reference on ``split``'s queries: the chosen
-        margin on held-out chosen items (rated >= ``data.min_rating``, else every held-out item),
-        the KL to the reference over the top 100 and ``repetition@10`` of the served top-k ``I``."""
-        dm = self.trainer.datamodule
-        data = dm.data
+    @torch.no_grad()
+    def preference_diagnostics(self, datamodule, split: str, I=None, queries=None) -> dict:
+        """The collapse diagnostics of a model with a reference on ``split``'s queries
+        (``collapse_diagnostics``): the chosen margins on held-out chosen items (rated >=
+        ``data.min_rating``, else every held-out item) and the KL to the reference over the top
+        100; with the served top-k ``I`` (Q, k) of the same queries, ``repetition@10``.
+        ``queries``: (users (Q,), xq, xq_ref) already embedded (validation); else embedded here."""
+        data = datamodule.data
+        if queries is None:
+            was = self.training
+            self.eval()
+            loader = datamodule.eval_dataloader(split)
+            users, xq = embed_queries(self.query_tower, loader)
+            _, xq_ref = embed_queries(self.reference.query_tower, loader)
+            self.train(was)
+        else:
+            users, xq, xq_ref = queries
         truth = data.truth(split)[users]
-        min_rating = getattr(dm, "min_rating", None)
+        min_rating = getattr(datamodule, "min_rating", None)
         if min_rating is not None and data.ratings is not None:
             truth = truth.multiply(data.ratings[users] >= min_rating).tocsr()
-        out = collapse_diagnostics(xq, xq_ref, xb.float().cpu().numpy(), self.reference.items.float().cpu().numpy(),
-                                   float(self.head.temperature()), truth, data.seen(split)[users])
+        out = collapse_diagnostics(xq, xq_ref, self.item_tower.embed_all().float().cpu().numpy(),
+                                   self.reference.items.float().cpu().numpy(), float(self.head.temperature()), truth,
+                                   data.seen(split)[users])
         if I is not None and I.shape[1] >= 10:
             out["repetition@10"] = repetition(I, 10)
         return out

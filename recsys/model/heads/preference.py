@@ -149,7 +149,7 @@ class PreferenceHead(Head):
         rows = ~masked.all(dim=1)
         log_z = None
         if self.objective == "dpo":
-            pref, rows = dpo_loss(s_w, s_ref_w, s_l, s_ref_l, masked, self.beta)
+            pref, _ = dpo_loss(s_w, s_ref_w, s_l, s_ref_l, masked, self.beta)
         elif self.objective == "ntr":
             log_z = chunked_logsumexp(q / T, item_tower.forward_all(), self.chunk)  # (B,)
             pref = unlikelihood_loss(s_l, log_z, masked)
@@ -165,7 +165,7 @@ class PreferenceHead(Head):
             if log_z is None:
                 log_z = chunked_logsumexp(q / T, item_tower.forward_all(), self.chunk)
             with torch.no_grad():
-                log_z_ref = torch.logsumexp(q_ref @ reference.items.T / T, dim=1)  # (B,)
+                log_z_ref = chunked_logsumexp(q_ref / T, reference.items, self.chunk)  # (B,)
             penalty = dpo_positive_penalty(s_w - log_z, s_ref_w - log_z_ref)
             loss = loss + self.dpo_positive * penalty
 
