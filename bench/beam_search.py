@@ -4,6 +4,7 @@ head's training throughput against catalogue size.
 
     python -m bench.beam_search            # ML-1M (configs/ml-1m/{base,tree}.yaml), throughput 10k / 100k / 1M
     python -m bench.beam_search --quick    # the embedded synthetic data, 1 epoch; throughput 10k / 100k
+    python -m bench.beam_search --throughput-only   # throughput alone -> beam_search_throughput.{json,md}
 
 Quality (one process): the shipped ML-1M tree config is trained (``--epochs``, best validation
 epoch restored), then on the test users, with seen items excluded everywhere:
@@ -161,16 +162,24 @@ def main(argv=None) -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs of the quality part (default 8; --quick 1)")
-    p.add_argument("--skip-throughput", action="store_true", help="quality part only")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument("--skip-throughput", action="store_true", help="quality part only")
+    part.add_argument("--throughput-only", action="store_true",
+                      help="throughput part only, written to beam_search_throughput.{json,md} (the quality "
+                           "results stay as they are)")
     args = p.parse_args(argv)
     C.set_threads(args.threads)
     quick = args.quick
-    rep = C.Report("beam_search", quick, C.command_line(), __doc__.split("\n\n")[0])
-    q = C.run_case("bench.beam_search", {"part": "quality", "quick": quick,
-                                         "epochs": args.epochs or (1 if quick else 8), "threads": args.threads})
+    name = "beam_search_throughput" if args.throughput_only else "beam_search"
+    rep = C.Report(name, quick, C.command_line(), __doc__.split("\n\n")[0])
+    q = {"skipped": True} if args.throughput_only else C.run_case(
+        "bench.beam_search", {"part": "quality", "quick": quick, "epochs": args.epochs or (1 if quick else 8),
+                              "threads": args.threads})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if "error" in q:
+    if "skipped" in q:
+        pass
+    elif "error" in q:
         rep.note(f"quality: failed: {q['error']}")
     else:
         rep.data["quality"] = q

@@ -528,6 +528,26 @@ def test_recommend_from_an_export_needs_neither_torch_nor_lightning(fitted, tmp_
     assert len(out.stdout.strip().splitlines()) == 4  # header + 3 rows
 
 
+def test_recommend_history_from_an_export_needs_no_lightning(fitted, tmp_path):
+    """A new user's history is embedded by the export's query tower: torch, but not Lightning
+    (the fit-time module and data module are never imported), and the same rows as the checkpoint."""
+    import subprocess
+    import sys
+
+    from recsys.artifacts.recommender import Recommender
+
+    _, ckpt = fitted
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "exp")])
+    code = ("import sys, json; from recsys.artifacts.recommender import Recommender; "
+            f"rows = Recommender.from_export({str(tmp_path / 'exp')!r}).recommend_history(['s1', 's2', 's3'], k=5); "
+            "assert 'lightning' not in sys.modules, 'Lightning imported'; "
+            "print(json.dumps([r['item'] for r in rows]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    expected = [r["item"] for r in Recommender.from_checkpoint(ckpt).recommend_history(["s1", "s2", "s3"], k=5)]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
+
+
 def test_items_split_with_cold_validation_items_selects_on_cold_items(tmp_path):
     write_files(tmp_path, n_users=400, n_items=150)
     d = load_source(_abs(tmp_path, {**SOURCE, "split": {"kind": "items", "valid": 0.1, "test": 0.2,

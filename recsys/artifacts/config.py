@@ -5,6 +5,9 @@ A checkpoint (and an export folder) stores the resolved YAML of its fit config. 
 ``InteractionDataModule`` (jsonargparse, as LightningCLI parses them for ``recsys fit``) and
 ``data.schema`` is linked into ``model.schema`` as the CLI links it, so a config means the
 same objects as at training time, without importing the training CLI or building a Trainer.
+A query tower alone (an export's, for ``recommend --history``) is parsed with the type of
+``TwoTowerModule``'s ``query_tower`` argument only: torch, but neither Lightning nor the data
+module.
 
 Configs written before the re-layer name classes by their old module paths
 (``recsys.heads.InBatchSoftmax``, ``recsys.towers.QueryTower``, ``recsys.samplers.*``);
@@ -18,12 +21,12 @@ import inspect
 import logging
 import re
 import warnings
+from collections.abc import Callable
 
 from jsonargparse import ArgumentParser
 
-from recsys.data.datamodule import InteractionDataModule
 from recsys.errors import ConfigError
-from recsys.model.module import TwoTowerModule
+from recsys.model.towers import QueryTower
 from recsys.schema import Schema
 
 __all__ = ["LEGACY_MODULES", "ALLOWED_CLASS_PATHS", "check_class_paths", "upgrade_class_paths", "build_model_and_data",
@@ -88,20 +91,27 @@ def _allowed(cp) -> bool:
     return False
 
 
-def _parser(with_data: bool) -> ArgumentParser:
+def _parser() -> ArgumentParser:
+    from recsys.data.datamodule import InteractionDataModule
+    from recsys.model.module import TwoTowerModule
+
     p = ArgumentParser(exit_on_error=False)
-    p.add_class_arguments(TwoTowerModule, "model", fail_untyped=False, sub_configs=True, instantiate=with_data)
-    if with_data:
-        p.add_class_arguments(InteractionDataModule, "data", fail_untyped=False, sub_configs=True)
-        p.link_arguments("data.schema", "model.schema", apply_on="instantiate")
+    p.add_class_arguments(TwoTowerModule, "model", fail_untyped=False, sub_configs=True)
+    p.add_class_arguments(InteractionDataModule, "data", fail_untyped=False, sub_configs=True)
+    p.link_arguments("data.schema", "model.schema", apply_on="instantiate")
     return p
 
 
-def build_model_and_data(config: dict) -> tuple[TwoTowerModule, InteractionDataModule]:
-    """``(model, datamodule)`` of a fit config dict (its ``model`` and ``data`` blocks): data
+def _query_tower_argument(query_tower: Callable[[Schema], QueryTower] = QueryTower) -> None:
+    """The signature a stored ``model.query_tower`` block is parsed with: the same type and
+    default as ``TwoTowerModule``'s own argument, without importing the module (and Lightning)."""
+
+
+def build_model_and_data(config: dict) -> tuple:
+    """``(TwoTowerModule, InteractionDataModule)`` of a fit config dict (its ``model`` and ``data`` blocks): data
     loaded, ``data.schema`` linked into the model, model weights freshly initialised."""
     check_class_paths(config)
-    p = _parser(with_data=True)
+    p = _parser()
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
@@ -118,6 +128,8 @@ def build_model_and_data(config: dict) -> tuple[TwoTowerModule, InteractionDataM
 def build_query_tower(model_config: dict, schema: Schema):
     """The query tower of a fit config's ``model`` block, built for ``schema`` (fresh weights)."""
     check_class_paths(model_config)
-    p = _parser(with_data=False)
-    init = p.instantiate_classes(p.parse_object({"model": model_config or {}}))
+    p = ArgumentParser(exit_on_error=False)
+    p.add_function_arguments(_query_tower_argument, "model", fail_untyped=False, sub_configs=True)
+    block = {k: v for k, v in (model_config or {}).items() if k == "query_tower"}
+    init = p.instantiate_classes(p.parse_object({"model": block}))
     return init.model.query_tower(schema)
