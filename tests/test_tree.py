@@ -132,6 +132,45 @@ def test_tree_loss_is_the_negative_log_of_the_product_of_level_softmaxes():
     assert float(out.logs["effective_negatives"]) == pytest.approx(live / 3)
 
 
+class _CountingTower(torch.nn.Module):
+    """Delegates to an item tower and records how many ids each call embeds."""
+
+    def __init__(self, tower):
+        super().__init__()
+        self.tower, self.sizes = tower, []
+
+    def forward(self, ids):
+        self.sizes.append(ids.numel())
+        return self.tower(ids)
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_leaf_level_embeds_distinct_leaves_once_with_the_same_loss_and_gradients(repeat):
+    """With many examples under a few parents the tower runs on the distinct leaves only; the
+    loss and the item tower's gradient equal the per-example reference either way."""
+    head, items, _ = _setup()
+    it = torch.tensor([0, 5, 11] * 10 if repeat else [0, 5, 11])  # (B,)
+    q = torch.randn(len(it), D, dtype=torch.float64)
+    tower = _CountingTower(items)
+    out = head(q, {"user": torch.arange(len(it)) % U, "item": it}, tower)
+    out.loss.backward()
+    grad = items.item_emb.weight.grad.clone()
+    assert (tower.sizes[-1] < len(it) * 4) == repeat  # distinct leaves only when they repeat
+    items.item_emb.weight.grad = None
+    K, tree, v = 4, head.tree, items(torch.arange(N))
+    ref = 0.0
+    for b in range(len(it)):
+        code = tree.codes[it[b]]
+        z0 = (q[b] @ head.node_emb[0].weight.T / 0.5).masked_fill(~torch.from_numpy(tree.occupied[0]), float("-inf"))
+        kids = tree.slot_item[code[0] * K + np.arange(K)]
+        z1 = torch.stack([q[b] @ v[j] / 0.5 if j >= 0 else torch.tensor(float("-inf"), dtype=q.dtype)
+                          for j in kids])
+        ref = ref - torch.log_softmax(z0, 0)[code[0]] - torch.log_softmax(z1, 0)[code[1]]
+    (ref / len(it)).backward()
+    torch.testing.assert_close(out.loss, (ref / len(it)).detach())
+    torch.testing.assert_close(grad, items.item_emb.weight.grad)
+
+
 def test_tree_probabilities_sum_to_one_and_beam_topk_matches_them():
     head, items, _ = _setup(K=4, L=2)
     xq = np.random.default_rng(0).standard_normal((2, D)).astype(np.float32)

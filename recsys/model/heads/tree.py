@@ -154,7 +154,10 @@ class TreeSoftmax(Head):
                 e = self.node_emb[lv](child)  # (B, K, D)
             else:  # the leaves are items: the item tower's embeddings
                 leaf = t["slot_item"][child]  # (B, K) -1 where empty
-                e = item_tower(leaf.clamp_min(0))  # (B, K, D)
+                # examples under one parent share its K leaves: when at most half of the B x K leaves are
+                # distinct, the tower runs once per distinct leaf (the gather back costs less than the rows saved)
+                uniq, inv = torch.unique(leaf.clamp_min(0), return_inverse=True)  # (M,), (B, K)
+                e = item_tower(uniq)[inv] if 2 * len(uniq) <= leaf.numel() else item_tower(leaf.clamp_min(0))
             logits = torch.einsum("bd,bkd->bk", q, e) / T  # (B, K)
             dead = ~t["occupied"][lv][child]  # (B, K) empty children
             if lv == self.L - 1 and self.mask_known_positives and self.known is not None:
