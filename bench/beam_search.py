@@ -158,6 +158,30 @@ def _plots(q: dict, out: Path) -> list[str]:
     return files
 
 
+def _report_quality(rep, q: dict, out: Path) -> None:
+    """The quality part's tables, target and plots into ``rep`` (or the error of its process)."""
+    if "error" in q:
+        rep.note(f"quality: failed: {q['error']}")
+        return
+    rep.data["quality"] = q
+    rep.table("Exact, exhaustive tree and beam widths (test users, seen items excluded)",
+              [q["exact"], *q["beams"]],
+              ["method", "beam", "recall@10", "ndcg@10", "recall@100", "recall@100_vs_exhaustive",
+               "overlap_exact@100", "ms_per_query", "coverage@10", "gini@10", "distinct_top_codes@10"])
+    rep.table("Beam re-ranked by the exact score", q["reranked"],
+              ["beam", "recall@10", "recall@100", "overlap_exact@100", "ms_per_query"])
+    rep.table("Gumbel beam (beam 16)", q["gumbel"],
+              ["temperature", "recall@10", "coverage@10", "gini@10", "distinct_top_codes@10", "ms_per_query"])
+    rep.table("FAISS IVF over the same item embeddings", q["ivf"],
+              ["nlist", "nprobe", "recall@10", "recall@100", "overlap_exact@100", "ms_per_query"])
+    ok = [r for r in q["beams"] if r["beam"] <= 32 and r["recall@100_vs_exhaustive"] >= 0.95]
+    rep.target("beam width <= 32 reaches >= 0.95 of the exhaustive tree's recall@100",
+               min((r["beam"] for r in ok), default=None), "some beam <= 32 with ratio >= 0.95", bool(ok),
+               f"exhaustive recall@100 {q['exhaustive']['recall@100']:.4f}")
+    rep.note(f"plots: {', '.join(_plots(q, out))}; tree {q['branching']} x {q['levels']} over {q['items']:,} "
+             f"items, fit {q['fit_seconds']:.0f} s")
+
+
 def main(argv=None) -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=None,
@@ -172,33 +196,12 @@ def main(argv=None) -> None:
     quick = args.quick
     name = "beam_search_throughput" if args.throughput_only else "beam_search"
     rep = C.Report(name, quick, C.command_line(), __doc__.split("\n\n")[0])
-    q = {"skipped": True} if args.throughput_only else C.run_case(
-        "bench.beam_search", {"part": "quality", "quick": quick, "epochs": args.epochs or (1 if quick else 8),
-                              "threads": args.threads})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if "skipped" in q:
-        pass
-    elif "error" in q:
-        rep.note(f"quality: failed: {q['error']}")
-    else:
-        rep.data["quality"] = q
-        rep.table("Exact, exhaustive tree and beam widths (test users, seen items excluded)",
-                  [q["exact"], *q["beams"]],
-                  ["method", "beam", "recall@10", "ndcg@10", "recall@100", "recall@100_vs_exhaustive",
-                   "overlap_exact@100", "ms_per_query", "coverage@10", "gini@10", "distinct_top_codes@10"])
-        rep.table("Beam re-ranked by the exact score", q["reranked"],
-                  ["beam", "recall@10", "recall@100", "overlap_exact@100", "ms_per_query"])
-        rep.table("Gumbel beam (beam 16)", q["gumbel"],
-                  ["temperature", "recall@10", "coverage@10", "gini@10", "distinct_top_codes@10", "ms_per_query"])
-        rep.table("FAISS IVF over the same item embeddings", q["ivf"],
-                  ["nlist", "nprobe", "recall@10", "recall@100", "overlap_exact@100", "ms_per_query"])
-        ok = [r for r in q["beams"] if r["beam"] <= 32 and r["recall@100_vs_exhaustive"] >= 0.95]
-        rep.target("beam width <= 32 reaches >= 0.95 of the exhaustive tree's recall@100",
-                   min((r["beam"] for r in ok), default=None), "some beam <= 32 with ratio >= 0.95", bool(ok),
-                   f"exhaustive recall@100 {q['exhaustive']['recall@100']:.4f}")
-        rep.note(f"plots: {', '.join(_plots(q, out))}; tree {q['branching']} x {q['levels']} over {q['items']:,} "
-                 f"items, fit {q['fit_seconds']:.0f} s")
+    if not args.throughput_only:
+        _report_quality(rep, C.run_case("bench.beam_search", {
+            "part": "quality", "quick": quick, "epochs": args.epochs or (1 if quick else 8),
+            "threads": args.threads}), out)
     if not args.skip_throughput:
         sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
         t = C.run_case("bench.train_throughput", {"quick": quick, "users": 100_000, "per_user": 10.0, "zipf": 0.5,

@@ -107,23 +107,28 @@ def _setup(K=4, L=2, mask=False):
     return head, items, train
 
 
+def _reference_loss(head, items, q, it, K=4, T=0.5):
+    """Mean over examples of -log p(item) with p = the product of a two-level tree's softmaxes,
+    computed one example and one child at a time."""
+    tree, v, ref = head.tree, items(torch.arange(N)), 0.0
+    for b in range(len(it)):
+        code = tree.codes[it[b]]
+        z0 = q[b] @ head.node_emb[0].weight.T / T  # (K,) depth-1 nodes
+        z0 = z0.masked_fill(~torch.from_numpy(tree.occupied[0]), float("-inf"))
+        kids = tree.slot_item[code[0] * K + np.arange(K)]
+        z1 = torch.stack([q[b] @ v[j] / T if j >= 0 else torch.tensor(float("-inf"), dtype=q.dtype)
+                          for j in kids])
+        ref = ref - torch.log_softmax(z0, 0)[code[0]] - torch.log_softmax(z1, 0)[code[1]]
+    return ref / len(it)
+
+
 def test_tree_loss_is_the_negative_log_of_the_product_of_level_softmaxes():
     head, items, _ = _setup()
     q = torch.randn(3, D, dtype=torch.float64)
     it = torch.tensor([0, 5, 11])
     out = head(q, {"user": torch.tensor([0, 1, 2]), "item": it}, items)
     K, tree = 4, head.tree
-    v = items(torch.arange(N))
-    ref = 0.0
-    for b in range(3):
-        code = tree.codes[it[b]]
-        z0 = q[b] @ head.node_emb[0].weight.T / 0.5  # (K,) depth-1 nodes
-        z0 = z0.masked_fill(~torch.from_numpy(tree.occupied[0]), float("-inf"))
-        kids = tree.slot_item[code[0] * K + np.arange(K)]
-        z1 = torch.stack([q[b] @ v[j] / 0.5 if j >= 0 else torch.tensor(float("-inf"), dtype=q.dtype)
-                          for j in kids])
-        ref = ref - torch.log_softmax(z0, 0)[code[0]] - torch.log_softmax(z1, 0)[code[1]]
-    torch.testing.assert_close(out.loss, ref / 3)
+    torch.testing.assert_close(out.loss, _reference_loss(head, items, q, it))
     out.loss.backward()
     assert head.node_emb[0].weight.grad.abs().sum() > 0 and items.item_emb.weight.grad.abs().sum() > 0
     # competing siblings per example: the live children at each level less the positive
@@ -157,17 +162,9 @@ def test_leaf_level_embeds_distinct_leaves_once_with_the_same_loss_and_gradients
     grad = items.item_emb.weight.grad.clone()
     assert (tower.sizes[-1] < len(it) * 4) == repeat  # distinct leaves only when they repeat
     items.item_emb.weight.grad = None
-    K, tree, v = 4, head.tree, items(torch.arange(N))
-    ref = 0.0
-    for b in range(len(it)):
-        code = tree.codes[it[b]]
-        z0 = (q[b] @ head.node_emb[0].weight.T / 0.5).masked_fill(~torch.from_numpy(tree.occupied[0]), float("-inf"))
-        kids = tree.slot_item[code[0] * K + np.arange(K)]
-        z1 = torch.stack([q[b] @ v[j] / 0.5 if j >= 0 else torch.tensor(float("-inf"), dtype=q.dtype)
-                          for j in kids])
-        ref = ref - torch.log_softmax(z0, 0)[code[0]] - torch.log_softmax(z1, 0)[code[1]]
-    (ref / len(it)).backward()
-    torch.testing.assert_close(out.loss, (ref / len(it)).detach())
+    ref = _reference_loss(head, items, q, it)
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref.detach())
     torch.testing.assert_close(grad, items.item_emb.weight.grad)
 
 

@@ -126,10 +126,13 @@ def build_model_and_data(config: dict) -> tuple:
 
 
 def build_query_tower(model_config: dict, schema: Schema):
-    """The query tower of a fit config's ``model`` block, built for ``schema`` (fresh weights)."""
-    check_class_paths(model_config)
+    """The query tower of a fit config's ``model`` block, built for ``schema`` (fresh weights).
+    Only the ``query_tower`` entry is read (and its class paths checked): the head's classes are
+    never imported, so neither is Lightning."""
+    tower = (model_config or {}).get("query_tower")
+    block = {"query_tower": tower} if tower else {}
+    check_class_paths(block)
     p = ArgumentParser(exit_on_error=False)
     p.add_function_arguments(_query_tower_argument, "model", fail_untyped=False, sub_configs=True)
-    block = {k: v for k, v in (model_config or {}).items() if k == "query_tower"}
     init = p.instantiate_classes(p.parse_object({"model": block}))
     return init.model.query_tower(schema)

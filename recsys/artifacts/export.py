@@ -303,8 +303,7 @@ def load_query_tower(folder):
     desc = json.loads(desc_path.read_text())
     model_cfg = yaml.safe_load(upgrade_class_paths(desc["config"]))["model"]
     schema = {**desc["schema"], **{k[len("schema/"):]: v for k, v in arrays.items() if k.startswith("schema/")}}
-    tower = build_query_tower({"query_tower": model_cfg["query_tower"]} if model_cfg.get("query_tower") else {},
-                              Schema(**schema))
+    tower = build_query_tower(model_cfg, Schema(**schema))
     state = {k[len("state/"):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("state/")}
     tower.load_state_dict(state)
     return tower.eval()

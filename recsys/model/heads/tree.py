@@ -156,8 +156,9 @@ class TreeSoftmax(Head):
                 leaf = t["slot_item"][child]  # (B, K) -1 where empty
                 # examples under one parent share its K leaves: when at most half of the B x K leaves are
                 # distinct, the tower runs once per distinct leaf (the gather back costs less than the rows saved)
-                uniq, inv = torch.unique(leaf.clamp_min(0), return_inverse=True)  # (M,), (B, K)
-                e = item_tower(uniq)[inv] if 2 * len(uniq) <= leaf.numel() else item_tower(leaf.clamp_min(0))
+                ids = leaf.clamp_min(0)  # (B, K)
+                uniq, inv = torch.unique(ids, return_inverse=True)  # (M,), (B, K)
+                e = item_tower(uniq)[inv] if 2 * len(uniq) <= ids.numel() else item_tower(ids)  # (B, K, D)
             logits = torch.einsum("bd,bkd->bk", q, e) / T  # (B, K)
             dead = ~t["occupied"][lv][child]  # (B, K) empty children
             if lv == self.L - 1 and self.mask_known_positives and self.known is not None:
