@@ -106,3 +106,53 @@ def test_mask_entries_equals_mask_of_the_same_pairs_and_changes_the_logsumexp():
     out = mask_entries_(logits.clone(), rows, cols)
     assert torch.equal(out, mask(logits, dense))
     assert (torch.logsumexp(out, 1) < torch.logsumexp(logits, 1)).all()  # the masked mass is gone
+
+
+def test_neg_inf_bias_and_mask_equal_masked_fill_in_every_dtype():
+    # float32 on CPU takes the bit-pattern path, float64 the masked_fill_ one: both must give
+    # -inf exactly at the hits and +0 elsewhere, and mask() the values of masked_fill
+    from recsys.model.corrections import neg_inf_bias
+
+    g = torch.Generator().manual_seed(0)
+    hits = torch.rand(5, 7, generator=g) < 0.3
+    for dtype in (torch.float32, torch.float64):
+        b = neg_inf_bias(hits, dtype)
+        assert b.dtype == dtype and torch.isneginf(b[hits]).all() and (b[~hits] == 0).all()
+        x = torch.randn(5, 7, generator=g, dtype=dtype)
+        assert torch.equal(mask(x, hits), x.masked_fill(hits, float("-inf")))
+    # a non-contiguous mask (a transposed view) reads the same entries
+    assert torch.equal(neg_inf_bias(hits.T.contiguous().T), neg_inf_bias(hits))
+
+
+def test_mask_spares_the_given_column_of_each_row():
+    hits = torch.tensor([[True, True, False], [True, False, True]])
+    out = mask(torch.zeros(2, 3), hits, spare=torch.tensor([0, 2]))
+    assert out[0].tolist() == [0.0, float("-inf"), 0.0]  # column 0 of row 0 spared
+    assert out[1].tolist() == [float("-inf"), 0.0, 0.0]  # column 2 of row 1 spared
+    assert torch.isneginf(mask(torch.zeros(2, 3), hits)).sum() == 4  # without spare: every hit
+
+
+def test_corrected_logits_at_gives_the_loss_and_gradients_of_the_positive_first_layout():
+    # in-batch layout: row b's positive at column b of a (B, B) score block, with log q per
+    # column and accidental hits (including some on the diagonal, which must stay unmasked)
+    from recsys.model.corrections import corrected_logits_at
+
+    g = torch.Generator().manual_seed(1)
+    B = 6
+    scores = torch.randn(B, B, generator=g, dtype=torch.float64, requires_grad=True)
+    lq = torch.randn(B, generator=g, dtype=torch.float64)
+    hits = torch.rand(B, B, generator=g) < 0.3
+    hits[0, 0] = hits[3, 3] = True
+    target = torch.arange(B)
+    T = 0.3
+    a = F.cross_entropy(corrected_logits_at(scores, target, T, lq, hits), target)
+    ga, = torch.autograd.grad(a, scores)
+    own = torch.eye(B, dtype=torch.bool)
+    b = F.cross_entropy(corrected_logits(scores.diagonal(), scores, T, lq, lq, (hits & ~own) | own),
+                        torch.zeros(B, dtype=torch.long))
+    gb, = torch.autograd.grad(b, scores)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ga, gb)
+    # the masks matter: without them the loss differs, and the spared diagonal carries the positive
+    assert not torch.isclose(a, F.cross_entropy(corrected_logits_at(scores, target, T, lq), target))
+    assert torch.isfinite(corrected_logits_at(scores, target, T, lq, hits).diagonal()).all()

@@ -776,3 +776,30 @@ def test_accidental_hits_marks_duplicates_known_positives_and_spares_exempt():
     assert spared[0].tolist() == [False, True, False, False] and spared[1].tolist() == [True, False, False, True]
     none = accidental_hits(users, items, cand, duplicates=False)
     assert not none.any()
+
+
+@pytest.mark.parametrize("kw", [dict(mask_duplicates=True, mask_known_positives=True, logq="static"),
+                                dict(mask_duplicates=False, logq="none", num_uniform=3)])
+def test_inbatch_positive_in_place_equals_the_positive_first_layout(kw):
+    # InBatchSoftmax.forward keeps each row's positive in its own column (softmax_loss_at);
+    # the positive-first layout of softmax_loss (used with ``hardest``) must give the same
+    # loss, gradients and logs on the same batch, masks and log q
+    torch.manual_seed(0)
+    users, items = [0, 4, 2, 1, 0], [0, 0, 3, 1, 2]  # a duplicate item, known positives across rows
+    head = bound(InBatchSoftmax(temperature=0.5, **kw), counts=np.array([5, 1, 3, 2, 4, 1, 1]))
+    t, q = tower(), query(len(items))
+    b = batch(users, items)
+    state = torch.random.get_rng_state()
+    a = head(q, b, t)
+    ga = torch.autograd.grad(a.loss, [q, *t.parameters()])
+    torch.random.set_rng_state(state)  # the same uniform negatives
+    pos, neg, lq_pos, lq_neg, hits, own = head.candidates(q, b["user"], b["item"], t)
+    c = head.softmax_loss(pos, neg, lq_pos, lq_neg, hits, drop=own)
+    gc = torch.autograd.grad(c.loss, [q, *t.parameters()])
+    torch.testing.assert_close(a.loss, c.loss)
+    for x, y in zip(ga, gc):
+        torch.testing.assert_close(x, y)
+    for k in LOG_KEYS:
+        torch.testing.assert_close(a.logs[k].double(), c.logs[k].double(), msg=k)
+    if kw["mask_duplicates"]:
+        assert a.logs["accidental_hit_rate"] > 0

@@ -253,3 +253,35 @@ def test_part_norm_puts_every_part_on_one_scale():
     with torch.no_grad():
         bal.part_scale[0] = 0.0  # the learned scale can switch the id part off
     torch.testing.assert_close(bal(batch), F.normalize(b, dim=-1))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bag_mean_equals_embedding_bag_in_values_and_gradients(sparse):
+    # recsys.model.pooling.bag_mean replaces nn.EmbeddingBag(mode="mean", padding_idx) on the
+    # towers' hot path: same output, same weight gradient (dense or sparse), empty rows zero,
+    # and ``keep`` leaves entries out exactly as turning them into padding would
+    from torch import nn
+
+    from recsys.model.pooling import bag_mean
+
+    torch.manual_seed(0)
+    N, H, B = 30, 8, 12
+    emb = nn.EmbeddingBag(N + 1, 5, mode="mean", padding_idx=N, sparse=sparse)
+    ids = torch.randint(0, N, (B, H))
+    ids[torch.arange(H)[None] >= torch.randint(0, H + 1, (B,))[:, None]] = N  # ragged, some rows empty
+    ids[0] = N  # an all-padding row
+    ids[1, :4] = 3  # a repeated id inside one bag
+    g = torch.randn(B, 5)
+    ref = emb(ids)
+    ref.backward(g)
+    g_ref, emb.weight.grad = emb.weight.grad, None
+    out = bag_mean(emb, ids)
+    out.backward(g)
+    torch.testing.assert_close(out, ref)
+    assert (out[0] == 0).all()
+    assert emb.weight.grad.is_sparse == sparse
+    torch.testing.assert_close(emb.weight.grad.to_dense(), g_ref.to_dense())
+    assert (emb.weight.grad.to_dense()[N] == 0).all()  # the padding row learns nothing
+    keep = torch.rand(B, H) < 0.6
+    torch.testing.assert_close(bag_mean(emb, ids, keep), emb(ids.masked_fill(~keep, N)))
+    assert not torch.allclose(bag_mean(emb, ids, keep), out)

@@ -91,13 +91,13 @@ def query_inputs(data: RecData, users: np.ndarray, H: int, rng=None, target_pos=
         if data.query_bags is not None:
             m = data.query_bags
             if data.weighted_bags:  # e.g. TF-IDF word weights: "bag_w" (B, H) beside the ids
-                out["bag"], out["bag_w"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1],
+                out["bag"], out["bag_w"] = pad_rows(m.indptr, m.indices, users, H, m.shape[1],
                                                     rng=rng, values=m.data)
             else:
-                out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1], rng=rng)
+                out["bag"] = pad_rows(m.indptr, m.indices, users, H, m.shape[1], rng=rng)
         else:  # training: the train history without the target; evaluation: the whole history
             m = data.train if target_pos is not None else data.history
-            out["bag"] = pad_rows(m.indptr, m.indices.astype(np.int64), users, H, m.shape[1],
+            out["bag"] = pad_rows(m.indptr, m.indices, users, H, m.shape[1],
                                   exclude_pos=target_pos, rng=rng)
     if data.user_features is not None:
         out["user_feats"] = data.user_features[users]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.errors import ConfigError
+from recsys.model.pooling import bag_mean
 from recsys.schema import Schema
 
 
@@ -200,12 +201,14 @@ class QueryTower(_Tower):
                     "or use_bag=False."
                 )
             bag = batch["bag"]  # (B, H), padded with bag_size
+            keep = None
             if self.training and self.bag_dropout > 0:
-                drop = torch.rand(bag.shape, device=bag.device) < self.bag_dropout  # (B, H)
-                bag = bag.masked_fill(drop, self.bag_emb.padding_idx)
+                keep = torch.rand(bag.shape, device=bag.device) >= self.bag_dropout  # (B, H)
             if self.bag_emb.mode == "mean":
-                parts.append(self.bag_emb(bag))  # (B, D), mean over non-pad ids
+                parts.append(bag_mean(self.bag_emb, bag, keep))  # (B, D), mean over the kept non-pad ids
             else:
+                if keep is not None:
+                    bag = bag.masked_fill(~keep, self.bag_emb.padding_idx)
                 w = (bag != self.bag_emb.padding_idx).to(self.bag_emb.weight.dtype)  # (B, H) 1 per id, 0 at pads
                 if self.bag_values and "bag_w" in batch:
                     w = w * batch["bag_w"].to(w.dtype)  # the bag's own values (e.g. TF-IDF)
@@ -293,7 +296,7 @@ class ItemTower(_Tower):
         if self.item_emb is not None:
             parts.append(self._id_part(self.item_emb, ids, new))  # (C, D)
         if self.feat_emb is not None:
-            parts.append(self.feat_emb(feat_rows))  # (C, D)
+            parts.append(bag_mean(self.feat_emb, feat_rows))  # (C, D), mean over the non-pad tokens
         if self.num_proj is not None:
             parts.append(self.num_proj(numeric))  # (C, D)
         x = self.combine(parts)  # (C, D)

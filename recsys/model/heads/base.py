@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.errors import ConfigError
-from recsys.model.corrections import corrected_logits
+from recsys.model.corrections import corrected_logits, corrected_logits_at
 
 
 class Temperature(nn.Module):
@@ -237,5 +237,28 @@ class Head(nn.Module):
             out = head_logs(T, pos.mean(), neg_mean, rate, kept.sum(1).float().mean())
             out.update(extra_logs or {})
             return out
+
+        return HeadOutput(loss, LazyLogs(logs))
+
+    def softmax_loss_at(self, scores, target, log_q=None, hits=None) -> HeadOutput:
+        """``softmax_loss`` for candidates that hold each row's positive: scores (B, C) raw
+        q . v, row b's positive at column ``target[b]`` (B,) (in-batch negatives). ``hits``
+        (B, C) are masked except at the target. The same loss and logs as ``softmax_loss``
+        with the positive moved to column 0 and its own column dropped (``corrected_logits_at``),
+        without that (B, 1 + C) copy."""
+        T = self.temperature()
+        logits = corrected_logits_at(scores, target, T, log_q, hits)  # (B, C)
+        loss = F.cross_entropy(logits, target)
+
+        def logs() -> dict:  # run by LazyLogs when the logs are read
+            B, C = scores.shape
+            own = torch.zeros_like(scores, dtype=torch.bool)
+            own[torch.arange(B, device=scores.device), target] = True  # (B, C) the positives: no candidates
+            hit = torch.zeros_like(own) if hits is None else hits & ~own  # (B, C) accidental hits
+            rate = hit.sum().float() / max(1, B * C - B)  # share of real candidates that were hits
+            live = ~(hit | own)  # (B, C) the negatives
+            neg_mean = scores.masked_select(live).mean() if live.any() else scores.new_tensor(float("nan"))
+            kept = (torch.isfinite(logits) & ~own).sum(1).float().mean()  # negatives that carry mass
+            return head_logs(T, scores.masked_select(own).mean(), neg_mean, rate, kept)
 
         return HeadOutput(loss, LazyLogs(logs))

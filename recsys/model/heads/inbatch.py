@@ -122,14 +122,14 @@ class InBatchSoftmax(Head):
             log_b = torch.logaddexp(log_b, self.uniform.log_q(ids, self.num_uniform).to(log_b))  # B p_j + M / N
         return self.logq_weight * log_b  # w = 1: exactly log_b
 
-    def candidates(self, q, users, items, item_tower):
-        """(pos (B,), neg (B, C), log_q_pos, log_q_neg, hits (B, C), own (B, C)) for in-batch
-        (+ uniform) candidates, C = B + M (W*B + M under DDP with W processes: the global batch).
+    def batch_scores(self, q, users, items, item_tower):
+        """(scores (B, C), target (B,), log_q (C,) or None, hits (B, C)): the raw scores of the
+        in-batch (+ uniform) candidates, C = B + M (W*B + M under DDP with W processes: the
+        global batch). Row b's positive is column ``target[b]`` (b, or off + b under DDP).
 
-        ``own`` marks column b of row b (off + b under DDP): the row's positive itself, always
-        masked (it is column 0 already) and not an accidental hit. ``hits`` marks true
-        accidental hits: other columns holding the same item (``mask_duplicates``) or a train
-        item of the user (``mask_known_positives``).
+        ``hits`` marks the columns that are not negatives of a row: other columns holding
+        the same item (``mask_duplicates``) or a train item of the user
+        (``mask_known_positives``); it may mark the target itself, which the loss never masks.
         """
         B = len(items)
         cand = items
@@ -140,18 +140,32 @@ class InBatchSoftmax(Head):
         # stay local; this process's positives are rows off .. off + B. No-op on one process.
         cand, v, off = gather_candidates(cand, v, n_local=B)  # C = W*B + M
         Bg = len(cand) - self.num_uniform  # W*B, the global batch (logQ: log(W*B p_j))
-        pos = (q * v[off:off + B]).sum(-1)  # (B,)
-        neg = q @ v.T  # (B, C)
-        own = torch.zeros_like(neg, dtype=torch.bool)
-        own[:, off:off + B] = torch.eye(B, dtype=torch.bool, device=q.device)  # the positive itself
-        hits = accidental_hits(users, items, cand, self.known if self.mask_known_positives else None,
-                               duplicates=self.mask_duplicates, exempt=own)  # (B, C)
-        lq = self.candidate_log_q(cand, Bg)
-        return pos, neg, (None if lq is None else lq[off:off + B]), lq, hits, own
+        scores = q @ v.T  # (B, C)
+        target = off + torch.arange(B, device=q.device)  # (B,)
+        hits = None
+        if self.mask_duplicates or self.mask_known_positives:
+            hits = accidental_hits(users, items, cand, self.known if self.mask_known_positives else None,
+                                   duplicates=self.mask_duplicates)  # (B, C)
+        return scores, target, self.candidate_log_q(cand, Bg), hits
+
+    def candidates(self, q, users, items, item_tower):
+        """``batch_scores`` in the layout of ``softmax_loss``: (pos (B,), neg (B, C),
+        log_q_pos, log_q_neg, hits (B, C), own (B, C)). ``own`` marks each row's positive among
+        the candidates (always masked: it is column 0 already) and is left out of ``hits``."""
+        scores, target, lq, hits = self.batch_scores(q, users, items, item_tower)
+        rows = torch.arange(len(items), device=q.device)
+        own = torch.zeros_like(scores, dtype=torch.bool)
+        own[rows, target] = True  # the positive itself
+        hits = torch.zeros_like(own) if hits is None else hits & ~own
+        return scores[rows, target], scores, (None if lq is None else lq[target]), lq, hits, own
 
     def forward(self, q: torch.Tensor, batch: dict, item_tower) -> HeadOutput:
-        pos, neg, lq_pos, lq_neg, hits, own = self.candidates(q, batch["user"], batch["item"], item_tower)
-        out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits, hardest=self.hardest, drop=own)
+        if self.hardest is None:  # the positives stay in their columns (no (B, 1 + C) copy)
+            scores, target, lq, hits = self.batch_scores(q, batch["user"], batch["item"], item_tower)
+            out = self.softmax_loss_at(scores, target, lq, hits)
+        else:  # keep_hardest needs the positive apart from the negatives
+            pos, neg, lq_pos, lq_neg, hits, own = self.candidates(q, batch["user"], batch["item"], item_tower)
+            out = self.softmax_loss(pos, neg, lq_pos, lq_neg, hits, hardest=self.hardest, drop=own)
         if self.streaming is not None and self.training:
             self.streaming.update(batch["item"])
         return out
