@@ -113,10 +113,19 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def run_case(module: str, case: dict, timeout: float = 3600) -> dict:
+def run_case(module: str, case: dict, timeout: float = 3600, as_user: bool = False) -> dict:
     """Run ``python -m module --case JSON`` in a fresh process (so memory peaks and
-    allocator state do not mix between cases) and return the JSON it prints last."""
+    allocator state do not mix between cases) and return the JSON it prints last.
+
+    ``as_user``: the process gets the environment a ``recsys fit`` user has, without the
+    ``OMP_WAIT_POLICY`` that importing ``bench`` sets (one the caller set stays)."""
+    from bench import DEFAULTED
+
     env = dict(os.environ, OMP_NUM_THREADS=str(case.get("threads", THREADS)))
+    if as_user:
+        env["RECSYS_BENCH_AS_USER"] = "1"  # the child's ``import bench`` leaves the policy alone too
+        if "OMP_WAIT_POLICY" in DEFAULTED:
+            env.pop("OMP_WAIT_POLICY", None)
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", module, "--case", json.dumps(case)], capture_output=True,
                        text=True, env=env, timeout=timeout, cwd=Path(__file__).resolve().parents[1])

@@ -216,7 +216,7 @@ def main(argv=None) -> None:
         print(f"== {h} (load {C.load()}, waited {wait['waited_s']} s)", flush=True)
         case = {"head": h, "every": args.every, "cap_minutes": 3.0 if quick else args.cap_minutes,
                 "max_epochs": 1 if quick else None, "threads": args.threads}
-        out = C.run_case("bench.time_to_quality", case, timeout=3 * 3600)
+        out = C.run_case("bench.time_to_quality", case, timeout=3 * 3600, as_user=True)
         if "error" in out:
             rep.note(f"{h}: failed: {out['error']}")
             print(out.get("stderr_tail", ""))

@@ -634,7 +634,7 @@ def shipped_main(args) -> None:
         wait = wait_quiet(threshold)
         print(f"== {h} (load {C.load()}, waited {wait['waited_s']} s)", flush=True)
         out = C.run_case("bench.train_throughput", {"shipped": True, "head": h, "quick": quick,
-                                                    "threads": args.threads}, timeout=3600)
+                                                    "threads": args.threads}, timeout=3600, as_user=True)
         out["wait"] = wait
         if "error" in out:
             rep.note(f"{h}: failed: {out['error']}")

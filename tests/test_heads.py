@@ -280,14 +280,16 @@ def test_known_positives_lookup():
     assert not empty.contains(torch.tensor([0]), torch.tensor([[0, 1]])).any()
 
 
-@pytest.mark.parametrize("bitmap_limit", [0, 1 << 26])  # per-row: the sorted-key search, then the bitmap
-def test_known_positives_every_path_equals_a_dense_oracle(bitmap_limit):
+@pytest.mark.parametrize("bitmap_limit,dense_limit", [(0, 0), (1 << 26, 0), (0, 1 << 25)])
+def test_known_positives_every_path_equals_a_dense_oracle(bitmap_limit, dense_limit):
+    # dense_limit 0: the per-pair paths (per-row: the sorted-key search, then the bitmap);
+    # else the whole train matrix as a dense table
     rng = np.random.default_rng(0)
     U, M = 40, 30
     dense = rng.random((U, M)) < 0.2
     dense[3] = False  # a user without train items
     kp = KnownPositives(sp.csr_matrix(dense.astype(np.float32)))
-    kp.bitmap_limit = bitmap_limit
+    kp.bitmap_limit, kp.dense_limit = bitmap_limit, dense_limit
     users = torch.from_numpy(rng.integers(0, U, 64))
     users[:2] = 3
     shared = torch.from_numpy(rng.integers(0, M, 50))  # with repeated candidates
@@ -297,6 +299,31 @@ def test_known_positives_every_path_equals_a_dense_oracle(bitmap_limit):
     assert kp.contains(users, shared).numpy().tolist() == want_shared.tolist()
     assert kp.contains(users, per_row).numpy().tolist() == want_rows.tolist()
     assert (kp._col == -1).all()  # the scratch column table is left clean
+    assert (kp._dense is not None) == (dense_limit > 0)
+    # holds: True only when every pair is known and the dense table can check it
+    pos_u, pos_i = np.nonzero(dense)
+    assert kp.holds(torch.from_numpy(pos_u), torch.from_numpy(pos_i)) == (dense_limit > 0)
+    assert not kp.holds(torch.tensor([3]), torch.tensor([0]))  # user 3 has no train items
+
+
+def test_duplicates_of_known_positives_are_masked_once_by_the_known_table():
+    # accidental_hits skips the duplicate comparison when every row's positive is a known pair
+    # (its duplicates are then known positives): the mask must be the same either way, and
+    # still include the duplicates when a positive is not a train pair
+    from recsys.model.candidates import accidental_hits
+
+    users, items = torch.tensor([0, 4, 2, 0]), torch.tensor([0, 0, 3, 2])  # train pairs, item 0 twice
+    full = KnownPositives(train_csr())
+    per_pair = KnownPositives(train_csr())
+    per_pair.dense_limit = 0  # no dense table: holds() is False, the comparison runs
+    assert full.holds(users, items) and not per_pair.holds(users, items)
+    a = accidental_hits(users, items, items, full, duplicates=True)
+    b = accidental_hits(users, items, items, per_pair, duplicates=True)
+    assert torch.equal(a, b) and a[1, 0] and a[0, 1]  # rows 0 and 1 share item 0
+    # user 1 never had item 3: not a train pair, so the duplicate comparison must still run
+    users2, items2 = torch.tensor([1, 2]), torch.tensor([3, 3])
+    assert not full.holds(users2, items2)
+    assert accidental_hits(users2, items2, items2, full, duplicates=True)[0, 1]
 
 
 # ---------------------------------------------------------------------------------------

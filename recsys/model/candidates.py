@@ -134,10 +134,16 @@ def accidental_hits(users: torch.Tensor, items: torch.Tensor, cand: torch.Tensor
     ``exempt`` (B, C): entries never marked (e.g. the row's own positive among in-batch
     candidates, which is column 0 of the logits already).
     """
-    cand2 = cand if cand.dim() == 2 else cand[None, :].expand(len(items), -1)  # (B, C)
-    hits = cand2 == items[:, None] if duplicates else torch.zeros(cand2.shape, dtype=torch.bool, device=cand.device)
-    if known is not None:
-        hits = hits | known.contains(users, cand)
+    if known is not None and duplicates and known.holds(users, items):
+        duplicates = False  # each positive is a known pair of its user: its duplicates are known positives
+    if known is not None and not duplicates:
+        hits = known.contains(users, cand)
+    else:
+        cand2 = cand if cand.dim() == 2 else cand[None, :].expand(len(items), -1)  # (B, C)
+        hits = cand2 == items[:, None] if duplicates else torch.zeros(cand2.shape, dtype=torch.bool,
+                                                                      device=cand.device)
+        if known is not None:
+            hits = hits | known.contains(users, cand)
     if exempt is not None:
         hits = hits & ~exempt
     return hits

@@ -56,9 +56,15 @@ class KnownPositives:
     - per-row candidates (B, C): a (B, N) bitmap of the pairs when it fits in
       ``bitmap_limit`` entries, O(P + B C), else a search in the P sorted pair keys
       ``row * N + item``, O(B C log P).
+
+    When the whole (U, N) train matrix fits in ``dense_limit`` bytes (ML-1M: 22M), it is kept
+    dense (built at the first lookup) and both kinds of lookup are two gathers, O(B N + B C)
+    with no per-pair pass: on ML-1M's shipped batches (B = C = 1024, P ~ 190k) about 1 ms
+    instead of 2-3 ms.
     """
 
     bitmap_limit = 1 << 26  # B * N entries (64 MiB of bool)
+    dense_limit = 1 << 25  # U * N entries (32 MiB of uint8)
 
     def __init__(self, train: sp.csr_matrix):
         self.csr = train.tocsr()
@@ -67,6 +73,26 @@ class KnownPositives:
         self._indptr = self.csr.indptr.astype(np.int64)  # (U + 1,)
         self._indices = self.csr.indices.astype(np.int64)  # (nnz,) ascending within a row
         self._col = np.full(self.N, -1, dtype=np.int64)  # scratch: item -> distinct-candidate column, else -1
+        self._dense: torch.Tensor | None = None  # (U, N) uint8 0 / 1, built by _table() when it fits dense_limit
+
+    def _table(self) -> torch.Tensor | None:
+        """The (U, N) train matrix as uint8 0 / 1 (CPU) when U * N <= ``dense_limit`` (built
+        once), else None."""
+        U = self.csr.shape[0]
+        if self._dense is None and 0 < U * self.N <= self.dense_limit:
+            dense = np.zeros((U, self.N), dtype=np.uint8)
+            dense[np.repeat(np.arange(U), np.diff(self._indptr)), self._indices] = 1
+            self._dense = torch.from_numpy(dense)
+        return self._dense
+
+    def holds(self, users: torch.Tensor, items: torch.Tensor) -> bool:
+        """True when every pair (users[b], items[b]) (B,) is a train positive and that is cheap
+        to check (the dense table); False otherwise (not all known, or not checked).
+        ``accidental_hits`` then knows a duplicate of a row's positive is a known positive."""
+        table = self._table()
+        if table is None or len(users) == 0:
+            return False
+        return bool(table[users.cpu(), items.cpu()].all())
 
     def _offsets(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n (B,), offs (P,)): each user's train-pair count and the CSR positions of all their
@@ -83,6 +109,13 @@ class KnownPositives:
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (B,), items (C,) shared or (B, C) per row -> bool (B, C) on ``users``' device."""
+        table = self._table()
+        if table is not None:  # (B, N) rows of the users, then the candidates' columns (torch's
+            # gather over a stride-0 index: 1.5x numpy's take along axis 1 on ML-1M's batches)
+            rows = table.index_select(0, users.cpu())  # (B, N)
+            it = items.cpu()
+            idx = it[None, :].expand(len(rows), -1) if it.ndim == 1 else it  # (B, C)
+            return torch.gather(rows, 1, idx).view(torch.bool).to(users.device)
         u = users.cpu().numpy()
         it = items.cpu().numpy()
         B = len(u)
