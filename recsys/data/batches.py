@@ -20,29 +20,40 @@ __all__ = ["pad_rows", "query_inputs", "PairDataset", "QueryDataset", "batch_ide
 def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None, values=None):
     """(B, H) int64 ids of CSR ``rows``, padded with ``pad``.
 
-    Rows longer than H: ``rng`` given -> H positions drawn uniformly (with replacement),
-    else H evenly spaced positions (deterministic). ``exclude_pos`` (B,) leaves out that
-    position of each row (the training target). ``values`` (the CSR's data): also return
-    the (B, H) float32 values at the same positions (0 at padding), as ``(ids, values)``.
+    Rows longer than H: ``rng`` given -> H positions drawn uniformly (with replacement; one
+    (L, H) draw for the L long rows, in row order), else H evenly spaced positions
+    (deterministic). ``exclude_pos`` (B,) leaves out that position of each row (the training
+    target). ``values`` (the CSR's data): also return the (B, H) float32 values at the same
+    positions (0 at padding), as ``(ids, values)``.
+
+    Every step is one pass over the (B, H) grid (no boolean-mask indexing): padding entries
+    read an in-range id that ``np.where`` then replaces.
     """
-    start = indptr[rows]
+    B = len(rows)
+    start = indptr[rows].astype(np.int64)  # (B,)
     avail = indptr[rows + 1] - start - (0 if exclude_pos is None else 1)  # (B,)
-    grid = np.arange(H)[None, :]  # (1, H)
-    if rng is None:
-        pos = np.where(avail[:, None] > H, (grid * avail[:, None]) // H, grid)
-    else:
-        pos = np.where(avail[:, None] > H, (rng.random((len(rows), H)) * avail[:, None]).astype(np.int64), grid)
-    valid = grid < avail[:, None]  # (B, H)
+    av = avail[:, None]  # (B, 1)
+    grid = np.arange(H)
+    pos = np.empty((B, H), dtype=np.int64)
+    pos[:] = grid
+    long = np.flatnonzero(avail > H)  # (L,) rows thinned to H positions
+    if len(long):
+        if rng is None:
+            pos[long] = (grid * av[long]) // H
+        else:
+            pos[long] = (rng.random((len(long), H)) * av[long]).astype(np.int64)
+    valid = grid < av  # (B, H)
     if exclude_pos is not None:
-        pos = pos + (pos >= exclude_pos[:, None])
-    out = np.full((len(rows), H), pad, dtype=np.int64)
-    at = (start[:, None] + pos)[valid]
-    out[valid] = indices[at]
+        pos += pos >= exclude_pos[:, None]
+    pos += start[:, None]  # (B, H) CSR positions (padding: past the row)
+    if len(indices) == 0:
+        out = np.full((B, H), pad, dtype=np.int64)
+        return out if values is None else (out, np.zeros((B, H), dtype=np.float32))
+    np.minimum(pos, len(indices) - 1, out=pos)  # padding reads any in-range entry ...
+    out = np.where(valid, indices.take(pos), pad).astype(np.int64, copy=False)  # ... replaced here
     if values is None:
         return out
-    vals = np.zeros((len(rows), H), dtype=np.float32)
-    vals[valid] = values[at]
-    return out, vals
+    return out, np.where(valid, values.take(pos), 0).astype(np.float32, copy=False)
 
 
 class PairDataset(Dataset):
