@@ -283,15 +283,19 @@ class Head(nn.Module):
         logits = corrected_logits_at(scores, target, T, log_q, hits)  # (B, C)
         loss = F.cross_entropy(logits, target)
 
-        def logs() -> dict:  # run by LazyLogs when the logs are read
+        def logs() -> dict:  # run by LazyLogs when the logs are read; sums, no (B, C) selection
             B, C = scores.shape
-            own = torch.zeros_like(scores, dtype=torch.bool)
-            own[torch.arange(B, device=scores.device), target] = True  # (B, C) the positives: no candidates
-            hit = torch.zeros_like(own) if hits is None else hits & ~own  # (B, C) accidental hits
-            rate = hit.sum().float() / max(1, B * C - B)  # share of real candidates that were hits
-            live = ~(hit | own)  # (B, C) the negatives
-            neg_mean = scores.masked_select(live).mean() if live.any() else scores.new_tensor(float("nan"))
-            kept = (torch.isfinite(logits) & ~own).sum(1).float().mean()  # negatives that carry mass
-            return head_logs(T, scores.masked_select(own).mean(), neg_mean, rate, kept)
+            rows = torch.arange(B, device=scores.device)
+            pos = scores[rows, target]  # (B,) the positives, which are no candidates of their own row
+            n_hit, hit_sum = scores.new_zeros(()), scores.new_zeros(())
+            if hits is not None:  # accidental hits off the positives' own entries
+                on_pos = hits[rows, target]  # (B,)
+                n_hit = hits.sum() - on_pos.sum()
+                hit_sum = (scores * hits).sum() - (pos * on_pos).sum()
+            n_neg = B * C - B  # real candidates: every entry but the positives
+            n_live = n_neg - n_hit  # the negatives
+            neg_mean = (scores.sum() - pos.sum() - hit_sum) / n_live if n_live > 0 else scores.new_tensor(float("nan"))
+            kept = (torch.isfinite(logits).sum() - B).float() / B  # finite negatives per row (the target is)
+            return head_logs(T, pos.mean(), neg_mean, n_hit.float() / max(1, n_neg), kept)
 
         return HeadOutput(loss, LazyLogs(logs))
