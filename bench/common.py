@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import DEFAULTED
 from recsys.reporting import fmt, json_safe, machine, markdown_table, threads  # noqa: F401 (re-exported)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -119,8 +120,6 @@ def run_case(module: str, case: dict, timeout: float = 3600, as_user: bool = Fal
 
     ``as_user``: the process gets the environment a ``recsys fit`` user has, without the
     ``OMP_WAIT_POLICY`` that importing ``bench`` sets (one the caller set stays)."""
-    from bench import DEFAULTED
-
     env = dict(os.environ, OMP_NUM_THREADS=str(case.get("threads", THREADS)))
     if as_user:
         env["RECSYS_BENCH_AS_USER"] = "1"  # the child's ``import bench`` leaves the policy alone too

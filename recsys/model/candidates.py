@@ -136,14 +136,13 @@ def accidental_hits(users: torch.Tensor, items: torch.Tensor, cand: torch.Tensor
     """
     if known is not None and duplicates and known.holds(users, items):
         duplicates = False  # each positive is a known pair of its user: its duplicates are known positives
-    if known is not None and not duplicates:
-        hits = known.contains(users, cand)
-    else:
-        cand2 = cand if cand.dim() == 2 else cand[None, :].expand(len(items), -1)  # (B, C)
-        hits = cand2 == items[:, None] if duplicates else torch.zeros(cand2.shape, dtype=torch.bool,
-                                                                      device=cand.device)
-        if known is not None:
-            hits = hits | known.contains(users, cand)
+    cand2 = cand if cand.dim() == 2 else cand[None, :].expand(len(items), -1)  # (B, C)
+    hits = cand2 == items[:, None] if duplicates else None
+    if known is not None:
+        found = known.contains(users, cand)
+        hits = found if hits is None else hits | found
+    if hits is None:
+        hits = torch.zeros(cand2.shape, dtype=torch.bool, device=cand.device)
     if exempt is not None:
         hits = hits & ~exempt
     return hits

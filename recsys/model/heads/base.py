@@ -59,8 +59,8 @@ class KnownPositives:
 
     When the whole (U, N) train matrix fits in ``dense_limit`` bytes (ML-1M: 22M), it is kept
     dense (built at the first lookup) and both kinds of lookup are two gathers, O(B N + B C)
-    with no per-pair pass: on ML-1M's shipped batches (B = C = 1024, P ~ 190k) about 1 ms
-    instead of 2-3 ms.
+    with no per-pair pass: on ML-1M's shipped batches (B = C = 1024, P ~ 190k) 1.2 ms instead
+    of 2.5-3.6 ms (medians of interleaved repeats).
     """
 
     bitmap_limit = 1 << 26  # B * N entries (64 MiB of bool)
@@ -81,7 +81,7 @@ class KnownPositives:
         U = self.csr.shape[0]
         if self._dense is None and 0 < U * self.N <= self.dense_limit:
             dense = np.zeros((U, self.N), dtype=np.uint8)
-            dense[np.repeat(np.arange(U), np.diff(self._indptr)), self._indices] = 1
+            dense[self._pairs(np.arange(U))] = 1
             self._dense = torch.from_numpy(dense)
         return self._dense
 
