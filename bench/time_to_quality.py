@@ -52,17 +52,17 @@ TARGETS = {"ease": 60.0, "als": 30.0}  # in-batch: seconds to each level
 
 
 def val_ndcg(model, dm) -> float:
-    """Validation NDCG@10 as the fit's validation computes ``val/ndcg@10``: the best over the
-    popularity-prior grid (the stored weight without a grid), full catalogue, seen items excluded."""
-    from recsys.eval.evaluate import embed_queries, evaluate_embeddings
+    """Validation NDCG@10 as the fit's validation computes ``val/ndcg@10``
+    (``TwoTowerModule.score_queries``: the best over the popularity-prior grid, the stored
+    weight without a grid), full catalogue, seen items excluded; the model's state unchanged."""
+    from recsys.eval.evaluate import embed_queries
 
     was = model.training
     model.eval()
     try:
         users, xq = embed_queries(model.query_tower, dm.eval_dataloader("valid"))
-        grid = model.prior_grid if model.prior_grid is not None else [None]
-        return max(evaluate_embeddings(xq, users, model.item_embeddings(prior_weight=w).float().cpu().numpy(),
-                                       dm.data, "valid", (10, 20)).metrics["ndcg@10"] for w in grid)
+        res, _ = model.score_queries(users, xq, dm.data, "valid", choose_prior=True)
+        return res.metrics["ndcg@10"]
     finally:
         model.train(was)
 

@@ -30,10 +30,11 @@ from recsys.eval.metrics import (
     propensity_metrics,
     ranking_metrics,
 )
+from recsys.eval.prior_grid import topk_bias_grid
 from recsys.retrieval import make_retriever, recall_vs_exact
 
-__all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "evaluate_beam", "topk_metrics", "embed_queries",
-           "calibration"]
+__all__ = ["EvalResult", "evaluate", "evaluate_embeddings", "evaluate_grid", "evaluate_beam", "topk_metrics",
+           "embed_queries", "calibration"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,45 @@ def evaluate_embeddings(
     logger.info("scored %d queries over %d items with %s in %.2fs", len(xq), len(xb), index,
                 res.metrics["search_seconds"])
     return res
+
+
+def evaluate_grid(
+    xq: np.ndarray,
+    users: np.ndarray,
+    xb: np.ndarray,
+    bias: np.ndarray,
+    weights,
+    data: RecData,
+    split: str = "valid",
+    ks: tuple[int, ...] = (10, 20),
+) -> tuple[int, EvalResult, list[float]]:
+    """The best of a grid of additive item biases: ranking by ``xq @ xb.T + w * bias`` for
+    each w of ``weights``, full catalogue (or ``split``'s candidates), seen items excluded,
+    exactly as ``evaluate_embeddings`` with ``w * bias`` added to the item embeddings'
+    coordinate that multiplies the query's constant 1 (the popularity prior).
+
+    The scores are computed once for every weight (``recsys.eval.prior_grid``). Returns the
+    index of the weight with the best NDCG@min(ks) (the first of ties), its ``EvalResult``
+    (every metric; ``search_seconds``: the whole grid's search) and each weight's NDCG@min(ks).
+    """
+    ks = tuple(ks)
+    cand = data.candidates(split)  # None: all N items; (M,) ids for cold_items
+    exclude = data.seen(split)[users]
+    bias = np.asarray(bias, dtype=np.float32)
+    if cand is not None:  # rank the M candidates only
+        xb, exclude, bias = xb[cand], exclude[:, cand], bias[cand]
+    t = time.perf_counter()
+    found = topk_bias_grid(xq, xb, bias, weights, max(ks), exclude)  # [(D, I) (Q, k)] per weight
+    secs = time.perf_counter() - t
+    ids = [I if cand is None else np.where(I >= 0, cand[I.clip(0)], -1) for _, I in found]
+    truth = data.truth(split)[users]
+    k0 = min(ks)
+    scores = [float(per_user_metrics(I[:, :k0], truth, (k0,))[f"ndcg@{k0}"].mean()) for I in ids]
+    best = int(np.argmax(scores))  # the first of ties
+    res = topk_metrics(ids[best], users, data, split, ks, seconds=secs)
+    logger.info("scored %d queries over %d items for %d prior weights in %.2fs", len(xq), len(xb),
+                len(ids), secs)
+    return best, res, scores
 
 
 @torch.no_grad()

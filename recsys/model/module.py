@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recsys.errors import ConfigError, RecsysError
-from recsys.eval.evaluate import embed_queries, evaluate_embeddings
+from recsys.eval.evaluate import EvalResult, embed_queries, evaluate_embeddings, evaluate_grid
 from recsys.eval.metrics import repetition
 from recsys.model.corrections import log_frequency
 from recsys.model.heads.base import Head, KnownPositives
@@ -344,20 +344,12 @@ class TwoTowerModule(L.LightningModule):
         xq_ref = None
         if self.reference is not None:  # (Q, 2D): the policy's then the reference's embeddings
             xq_np, xq_ref = np.split(xq_np, 2, axis=1)
-        xb = self.item_tower.embed_all()  # (N, D), once for every prior weight
+        choose = split == "valid" and self.prior_grid is not None  # choose the prior on validation
+        res, w = self.score_queries(users_np, xq_np, self.trainer.datamodule.data, split, choose)
         key = f"ndcg@{min(self.eval_ks)}"
-
-        def run(w: float | None):
-            xb_w = self._with_prior(xb, w).float().cpu().numpy()
-            return evaluate_embeddings(xq_np, users_np, xb_w, self.trainer.datamodule.data, split,
-                         tuple(self.eval_ks), self.eval_index)
-
-        if split == "valid" and self.prior_grid is not None:  # choose the prior on validation
-            w, res = max(((w, run(w)) for w in self.prior_grid), key=lambda r: r[1].metrics[key])  # first of ties
+        if choose:
             self.prior_weight.fill_(w)
             self.log(f"{prefix}/prior_weight", w, sync_dist=True)
-        else:
-            res = run(self.served_prior_weight)
         main = f"{prefix}/{key}"
         vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
                 if isinstance(v, float) and math.isfinite(v)}
@@ -367,6 +359,34 @@ class TwoTowerModule(L.LightningModule):
         self.log(main, vals.pop(main), prog_bar=True, sync_dist=True)  # equal on every rank already
         self.log_dict(vals, sync_dist=True)
         self.last_eval = {**res.metrics, **diag}
+
+    @torch.no_grad()
+    def score_queries(self, users: np.ndarray, xq: np.ndarray, data, split: str,
+                      choose_prior: bool = False) -> tuple[EvalResult, float | None]:
+        """Full-catalogue metrics on ``split`` of the query embeddings ``xq`` (Q, D) of
+        ``users`` (Q,) against the item tower, seen items excluded (``eval_index``, ``eval_ks``).
+
+        ``choose_prior`` (with ``prior_grid``): every weight of the grid, the best on
+        NDCG@min(eval_ks), the first of ties (the exact index scores once for the whole grid,
+        ``evaluate_grid``; any other scores each weight). Otherwise the served weight. Returns
+        the result and the weight used; nothing is stored (the caller keeps the weight).
+        """
+        xb = self.item_tower.embed_all().float()  # (N, D), once for every prior weight
+        ks = tuple(self.eval_ks)
+        if choose_prior and self.prior_grid is not None and self.eval_index == "exact":
+            bias = (float(self.head.temperature()) * self.log_prior.to(xb)).cpu().numpy()  # (N,)
+            i, res, _ = evaluate_grid(xq, users, xb.cpu().numpy(), bias, self.prior_grid, data, split, ks)
+            return res, self.prior_grid[i]
+
+        def run(w: float | None) -> EvalResult:
+            xb_w = self._with_prior(xb, w).float().cpu().numpy()
+            return evaluate_embeddings(xq, users, xb_w, data, split, ks, self.eval_index)
+
+        if choose_prior and self.prior_grid is not None:
+            key = f"ndcg@{min(ks)}"
+            w, res = max(((w, run(w)) for w in self.prior_grid), key=lambda r: r[1].metrics[key])  # first of ties
+            return res, w
+        return run(self.served_prior_weight), self.served_prior_weight
 
     @torch.no_grad()
     def preference_diagnostics(self, datamodule, split: str, I=None, queries=None) -> dict:
