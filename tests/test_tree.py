@@ -253,3 +253,51 @@ def test_compare_scores_a_tree_head_by_its_beam_beside_exact(tmp_path):
     assert set(res["aggregate"]) == {"tree", "tree (beam 1)"}
     assert res["aggregate"]["tree (beam 1)"]["test"]["recall@10"]["mean"] == run["test_beam"]["recall@10"]
     assert "| tree (beam 1) |" in (out / "results.md").read_text()
+
+
+def test_export_serves_the_tree_beam_as_the_checkpoint_does(tmp_path, capsys):
+    """recommend --beam from an export folder (numpy only) gives the head's own beam search; the
+    beam index round-trips as plain arrays; a flat model's export refuses --beam."""
+    from recsys.artifacts.recommender import Recommender
+    from recsys.commands.console import main
+    from recsys.retrieval.tree import BeamIndex
+    from tests.conftest import config_args
+
+    tiny = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4"]
+    main(["fit", *config_args("synthetic", "tree"), *tiny, "--model.head.init_args.branching=10",
+          "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    out = tmp_path / "export"
+    main(["export", "--ckpt", str(ckpt), "--out", str(out)])
+    assert "beam_index.npz" in json.loads((out / "manifest.json").read_text())["files"]
+    with np.load(out / "beam_index.npz", allow_pickle=False) as z:  # plain arrays, no pickle
+        index = BeamIndex.from_state(z)
+    from_ckpt, from_export = Recommender.from_checkpoint(ckpt), Recommender.from_export(out)
+    assert (index.tree.codes == from_ckpt.beam_index.tree.codes).all()
+    user = from_export.user_vocab.decode(np.array([3]))[0]
+    for beam in (1, 3, 10):
+        a, b = from_ckpt.recommend(user, k=5, beam=beam), from_export.recommend(user, k=5, beam=beam)
+        assert [r["item"] for r in a] == [r["item"] for r in b]
+        np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], rtol=1e-5)
+    u = int(from_export.user_vocab.encode([user])[0])
+    seen = set(from_export.item_vocab.decode(from_export.seen[u].indices).tolist())
+    wide = from_export.recommend(user, k=10, beam=10)
+    assert not seen & {r["item"] for r in wide}  # seen items excluded
+    exact = [r["item"] for r in from_export.recommend(user, k=10)]
+    narrow = [r["item"] for r in from_export.recommend(user, k=10, beam=1)]
+    assert narrow != exact  # one prefix of 10 keeps one branch: another list than exact top-k
+    stoch = {tuple(r["item"] for r in from_export.recommend(user, k=5, beam=4, temperature=2.0, seed=s))
+             for s in range(6)}
+    assert len(stoch) > 1  # the stochastic beam varies with the seed
+    frames = list(from_export.recommend_many([user], k=5, beam=3))
+    assert frames[0]["item"].tolist() == [r["item"] for r in from_export.recommend(user, k=5, beam=3)]
+    capsys.readouterr()
+    main(["recommend", "--model", str(out), "--user", str(user), "-k", "5", "--beam", "3", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["item"] for r in rows] == [r["item"] for r in from_export.recommend(user, k=5, beam=3)]
+    flat = Recommender(from_export.xb, from_export.embed_users, from_export.seen, from_export.user_vocab,
+                       from_export.item_vocab)
+    with pytest.raises(ConfigError, match="TreeSoftmax head"):
+        flat.recommend(user, k=5, beam=4)
+    with pytest.raises(ConfigError, match="--beam 0"):
+        main(["recommend", "--model", str(out), "--user", str(user), "--beam", "0"])

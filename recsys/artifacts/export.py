@@ -13,6 +13,8 @@ Export folder, every file listed with its sha256 in ``manifest.json``:
                          checked against the allow-list when read) and the schema's other fields
     titles.json          (N,) item titles, when the dataset has them
     item_features.json   (N,) each item's feature tokens (display only), when it has features
+    beam_index.npz       a TreeSoftmax model's item tree (``recsys.retrieval.tree.BeamIndex``: codes,
+                         node vectors, temperature; plain arrays): ``recommend --beam B``
 
 Serving from it: ``recsys.artifacts.recommender.Recommender.from_export``. Reading a folder
 (``load_export``) needs numpy and scipy only; torch is imported by the functions that run a
@@ -76,6 +78,7 @@ class Export:
     seen: sp.csr_matrix  # (U, N)
     titles: np.ndarray | None
     item_features: list[str] | None = None  # (N,) feature tokens of each item, for display
+    beam_index: object | None = None  # recsys.retrieval.tree.BeamIndex of a TreeSoftmax model
 
     def faiss_index(self):
         """The folder's FAISS index (imports FAISS)."""
@@ -200,6 +203,8 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
         retriever = make_retriever(name, **(index_params or {})).build(xb)
         faiss.write_index(retriever.index, str(tmp / "faiss.index"))
         write_query_tower(model.query_tower, model.schema, meta.config, tmp)
+        if hasattr(model.head, "beam_index"):  # a TreeSoftmax: its tree, for beam search at serving
+            np.savez(tmp / "beam_index.npz", **model.head.beam_index().state_dict())
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = {
             "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(meta.path),
@@ -254,9 +259,16 @@ def load_export(folder) -> Export:
         titles = np.asarray(json.loads((folder / "titles.json").read_text()), dtype=object)
     if (folder / "item_features.json").is_file():
         feats = [str(x) for x in json.loads((folder / "item_features.json").read_text())]
-    return Export(folder, manifest, np.load(folder / "item_embeddings.npy"),
-                  np.load(folder / "user_embeddings.npy"), Vocab.load(folder / "item_vocab.json"),
-                  Vocab.load(folder / "user_vocab.json"), sp.load_npz(folder / "seen.npz").tocsr(), titles, feats)
+    beam = None
+    if "beam_index.npz" in manifest["files"]:
+        from recsys.retrieval.tree import BeamIndex
+
+        with np.load(folder / "beam_index.npz", allow_pickle=False) as z:
+            beam = BeamIndex.from_state(z)
+    return Export(folder, manifest, np.load(folder / "item_embeddings.npy", allow_pickle=False),
+                  np.load(folder / "user_embeddings.npy", allow_pickle=False), Vocab.load(folder / "item_vocab.json"),
+                  Vocab.load(folder / "user_vocab.json"), sp.load_npz(folder / "seen.npz").tocsr(), titles, feats,
+                  beam)
 
 
 def write_query_tower(tower, schema: Schema, config: str, folder: Path) -> None:

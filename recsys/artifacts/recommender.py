@@ -4,6 +4,7 @@ sampling (Gumbel top-k).
     rec = Recommender.from_export("exports/ml-1m")
     rec.recommend("42", k=10)                      # plain top-k, seen items excluded
     rec.recommend("42", k=10, temperature=0.5, seed=0)  # sampled without replacement
+    rec.recommend("42", k=10, beam=16)             # a TreeSoftmax model: its own beam search
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import scipy.sparse as sp
 from recsys.artifacts.export import load_export, query_embeddings
 from recsys.data.vocab import Vocab
 from recsys.errors import ConfigError, DataError, require
+from recsys.retrieval.tree import BeamIndex
 
 __all__ = ["gumbel_topk", "Recommender"]
 
@@ -80,6 +82,7 @@ class Recommender:
     titles: np.ndarray | None = None  # (N,) str
     embed_history: Callable[[list[np.ndarray]], np.ndarray] | None = None  # item-index lists -> (Q, D)
     item_features: list[str] | None = None  # (N,) the feature tokens of each item, for display
+    beam_index: BeamIndex | None = None  # a TreeSoftmax model's tree (its first n_items are the leaves)
 
     @classmethod
     def from_checkpoint(cls, path, data_root=None) -> Recommender:
@@ -91,7 +94,8 @@ class Recommender:
         feats = d.item_feature_strings()
         return cls(xb, lambda users: query_embeddings(model.query_tower, d, users, dm.max_history),
                    d.seen("test"), d.user_vocab, d.item_vocab, d.item_titles,
-                   history_embedder(model.query_tower, d.n_items, dm.max_history), feats)
+                   history_embedder(model.query_tower, d.n_items, dm.max_history), feats,
+                   model.head.beam_index() if hasattr(model.head, "beam_index") else None)
 
     @classmethod
     def from_export(cls, folder) -> Recommender:
@@ -114,49 +118,88 @@ class Recommender:
                 return cache["embed"](histories)
 
         return cls(e.item_embeddings, lambda users: e.user_embeddings[users], e.seen, e.user_vocab,
-                   e.item_vocab, e.titles, hist, e.item_features)
+                   e.item_vocab, e.titles, hist, e.item_features, e.beam_index)
 
     def _rows(self, scores: np.ndarray, exclude: np.ndarray, k: int, temperature: float, seed) -> list[dict]:
         if k > len(scores):
             raise ConfigError(f"k={k} exceeds the catalogue size N={len(scores)}. Fix: choose k <= N.")
         ids = gumbel_topk(scores, k, temperature, np.random.default_rng(seed), exclude_mask=exclude)
         ids = ids[ids >= 0]
+        return self._format(ids, scores[ids])
+
+    def _format(self, ids: np.ndarray, scores: np.ndarray) -> list[dict]:
         raw = self.item_vocab.decode(ids)
         return [{"rank": r + 1, "item": raw[r].item() if hasattr(raw[r], "item") else raw[r],
-                 "score": float(scores[i]),
+                 "score": float(scores[r]),
                  "title": None if self.titles is None else str(self.titles[i]),
                  **({} if self.item_features is None else {"features": self.item_features[i]})}
                 for r, i in enumerate(ids)]
 
-    def recommend(self, user, k: int = 10, temperature: float = 0.0, seed: int | None = None) -> list[dict]:
+    def _beam(self, xq: np.ndarray, exclude: sp.csr_matrix, k: int, beam: int, temperature: float = 0.0,
+              seed=None) -> tuple[np.ndarray, np.ndarray]:
+        """(I, S) (Q, k): the tree's beam search for queries ``xq`` (Q, D), ``exclude`` (Q, N) CSR;
+        ``temperature`` > 0 a stochastic (Gumbel) beam. Items added after training (``export
+        --items``) are not in the tree and never returned."""
+        if self.beam_index is None:
+            raise ConfigError(f"beam={beam}: beam search needs a model trained with the TreeSoftmax head (its item "
+                              "tree); this model has none. Fix: drop --beam (exact top-k), or export a TreeSoftmax "
+                              "checkpoint.")
+        if beam < 1:
+            raise ConfigError(f"beam={beam}: need beam >= 1. Fix: e.g. --beam 16.")
+        n = self.beam_index.tree.n_items
+        if k > n:
+            raise ConfigError(f"k={k} exceeds the tree's {n} items. Fix: choose k <= {n}.")
+        return self.beam_index.search(np.asarray(xq, dtype=np.float32), self.xb[:n], k, beam,
+                                      exclude=sp.csr_matrix(exclude)[:, :n], temperature=temperature,
+                                      rng=np.random.default_rng(seed))
+
+    def _beam_rows(self, q: np.ndarray, exclude: sp.csr_matrix, k, beam, temperature, seed) -> list[dict]:
+        I, S = self._beam(q[None, :], exclude, k, beam, temperature, seed)
+        ok = I[0] >= 0
+        return self._format(I[0][ok], S[0][ok])
+
+    def recommend(self, user, k: int = 10, temperature: float = 0.0, seed: int | None = None,
+                  beam: int | None = None) -> list[dict]:
         """Rows {rank, item, score, title[, features]} for raw user id ``user``; seen items excluded.
 
         ``temperature`` > 0 samples k distinct items from softmax(score / T) (``gumbel_topk``).
+        ``beam``: a TreeSoftmax model's beam search with ``beam`` prefixes per level instead
+        (score: the tree's log-probability; ``temperature`` > 0: the stochastic beam).
         """
         u = int(self.user_vocab.encode([user])[0])  # unknown id -> the Vocab's DataError
-        scores = self.xb @ self.embed_users(np.array([u]))[0].astype(np.float32)  # (N,)
+        q = self.embed_users(np.array([u]))[0].astype(np.float32)  # (D,)
+        if beam is not None:
+            return self._beam_rows(q, self.seen[u], k, beam, temperature, seed)
+        scores = self.xb @ q  # (N,)
         mask = np.zeros(len(scores), dtype=bool)
         mask[self.seen.indices[self.seen.indptr[u]:self.seen.indptr[u + 1]]] = True
         return self._rows(scores, mask, k, temperature, seed)
 
-    def recommend_history(self, items, k: int = 10, temperature: float = 0.0, seed: int | None = None) -> list[dict]:
+    def recommend_history(self, items, k: int = 10, temperature: float = 0.0, seed: int | None = None,
+                          beam: int | None = None) -> list[dict]:
         """Rows for a user the model has never seen, described by the raw ids of the ``items``
         they interacted with (the query tower's bag; no user id, no user features). Those
-        items are excluded from the result."""
+        items are excluded from the result. ``beam``: as in ``recommend``."""
         if self.embed_history is None:
             raise ConfigError("recommend --history needs a query tower that pools a bag of item ids "
                               "(QueryTower use_bag: true over the item history). Fix: use a model trained "
                               "with use_bag and max_history > 0, from --ckpt or a new export.")
         idx = self.item_vocab.encode(list(items))  # unknown id -> the Vocab's DataError
-        scores = self.xb @ self.embed_history([idx])[0].astype(np.float32)  # (N,)
+        q = self.embed_history([idx])[0].astype(np.float32)  # (D,)
+        if beam is not None:
+            ex = sp.csr_matrix((np.ones(len(idx)), (np.zeros(len(idx), int), idx)), shape=(1, len(self.xb)))
+            return self._beam_rows(q, ex, k, beam, temperature, seed)
+        scores = self.xb @ q  # (N,)
         mask = np.zeros(len(scores), dtype=bool)
         mask[idx] = True
         return self._rows(scores, mask, k, temperature, seed)
 
-    def recommend_many(self, users=None, k: int = 10, chunk: int = 4096, index: str = "exact"):
+    def recommend_many(self, users=None, k: int = 10, chunk: int = 4096, index: str = "exact",
+                       beam: int | None = None):
         """Top-k for many known users, ``chunk`` at a time, through the retrievers evaluation
-        uses (``recsys.retrieval``; seen items excluded). ``users``: raw ids, or None for every
-        user. Yields pandas frames (user, rank, item, score), one per chunk."""
+        uses (``recsys.retrieval``; seen items excluded), or with ``beam`` the TreeSoftmax
+        model's beam search. ``users``: raw ids, or None for every user. Yields pandas frames
+        (user, rank, item, score), one per chunk."""
         import pandas as pd
 
         from recsys.retrieval import make_retriever
@@ -164,11 +207,15 @@ class Recommender:
         idx = np.arange(len(self.user_vocab)) if users is None else self.user_vocab.encode(list(users))
         if k > self.xb.shape[0]:
             raise ConfigError(f"k={k} exceeds the catalogue size N={self.xb.shape[0]}. Fix: choose k <= N.")
-        retriever = make_retriever(index).build(np.ascontiguousarray(self.xb, dtype=np.float32))
+        if beam is None:
+            retriever = make_retriever(index).build(np.ascontiguousarray(self.xb, dtype=np.float32))
         for s in range(0, len(idx), chunk):
             u = idx[s:s + chunk]  # (Q,)
-            D, I = retriever.search(np.ascontiguousarray(self.embed_users(u), dtype=np.float32), k,
-                                    exclude=self.seen[u])  # (Q, k)
+            xq = np.ascontiguousarray(self.embed_users(u), dtype=np.float32)
+            if beam is None:
+                D, I = retriever.search(xq, k, exclude=self.seen[u])  # (Q, k)
+            else:
+                I, D = self._beam(xq, self.seen[u], k, beam)
             ok = I >= 0
             rows, ranks = np.nonzero(ok)
             yield pd.DataFrame({"user": self.user_vocab.decode(u[rows]), "rank": (ranks + 1).astype(np.int32),

@@ -10,6 +10,10 @@
   FILE (one raw id per line, or a CSV / Parquet with a user column) or for every user,
   written as (user, rank, item, score) rows in chunks (``--chunk`` users at a time) with a
   progress bar, through the retriever evaluation uses (``--index``). ``.csv`` output works too.
+- ``--beam B`` (any of the three, a model trained with the TreeSoftmax head): the model's own
+  beam search over its item tree, B prefixes per level, instead of exact top-k; the score is
+  the tree's log-probability. With ``--temperature T`` > 0 the beam is stochastic (Gumbel
+  noise times T at each level: the diversity knob).
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ def read_user_list(path) -> list:
     return ids[1:] if ids and ids[0].lower() in ("user", "user_id", "userid") else ids
 
 
-def write_batch(rec, users, out, k: int, chunk: int = 4096, index: str = "exact", progress: bool = True) -> int:
+def write_batch(rec, users, out, k: int, chunk: int = 4096, index: str = "exact", progress: bool = True,
+                beam: int | None = None) -> int:
     """Write (user, rank, item, score) rows of ``rec.recommend_many`` to ``out`` (.parquet or
     .csv) chunk by chunk, into ``out.tmp`` then moved into place; returns the row count."""
     import os
@@ -77,7 +82,7 @@ def write_batch(rec, users, out, k: int, chunk: int = 4096, index: str = "exact"
     rows, writer = 0, None
     try:
         with tqdm(total=n_users, unit="user", disable=not progress, desc="recommend") as bar:
-            for frame in rec.recommend_many(users, k, chunk, index):
+            for frame in rec.recommend_many(users, k, chunk, index, beam):
                 if out.suffix.lower() == ".csv":
                     frame.to_csv(tmp, mode="a", header=rows == 0, index=False)
                 else:
@@ -119,6 +124,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--chunk", type=int, default=4096, help="with --users: users per chunk (default 4096)")
     p.add_argument("--index", default="exact", choices=["exact", "flat", "ivf", "hnsw"],
                    help="with --users: retriever (default exact)")
+    p.add_argument("--beam", type=int, default=None,
+                   help="a TreeSoftmax model: its beam search with B prefixes per level instead of exact top-k")
     p.add_argument("--data-root", default=None, help="data folder for --ckpt (default: the fit config's)")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     a = p.parse_args(argv)
@@ -127,20 +134,22 @@ def main(argv: list[str]) -> None:
     if a.users is not None and a.out is None:
         raise ConfigError(f"--users {a.users!r} without --out: batch recommendations are written to a file. "
                           "Fix: add --out recs.parquet.")
+    if a.beam is not None and a.beam < 1:
+        raise ConfigError(f"--beam {a.beam}: need B >= 1 prefixes per level. Fix: e.g. --beam 16.")
     if a.users is not None and a.temperature > 0:
         raise ConfigError("--users with --temperature: batch recommendations are plain top-k. Fix: drop "
                           "--temperature, or sample per user with --user.")
     rec = recommender(a.ckpt, a.model, a.data_root)
     if a.users is not None:
         users = None if a.users == "all" else read_user_list(a.users)
-        n = write_batch(rec, users, a.out, a.k, a.chunk, a.index)
+        n = write_batch(rec, users, a.out, a.k, a.chunk, a.index, beam=a.beam)
         print(f"wrote {n:,} rows (user, rank, item, score) to {a.out}")
         return
     if a.history is not None:
         items = [x.strip() for x in a.history.split(",") if x.strip()]
         if not items:
             raise ConfigError(f"--history {a.history!r}: no item ids. Fix: e.g. --history 1193,661,914.")
-        rows = rec.recommend_history(items, a.k, a.temperature, a.seed)
+        rows = rec.recommend_history(items, a.k, a.temperature, a.seed, beam=a.beam)
     else:
-        rows = rec.recommend(a.user, a.k, a.temperature, a.seed)
+        rows = rec.recommend(a.user, a.k, a.temperature, a.seed, beam=a.beam)
     print(json.dumps(rows, indent=2) if a.json else format_rows(rows))

@@ -68,7 +68,8 @@ class TwoTowerModule(L.LightningModule):
         prior_grid: popularity prior at retrieval (off when None). Retrieval ranks by
             ``logit_j + w * log p_j``, p_j the item's add-one smoothed train frequency: the
             model's distribution tilted by p_j^w. Training is unchanged; each validation
-            scores every w of the grid, keeps the best validation NDCG@k (smallest k) and
+            scores every w of the grid (with the exact index from one scoring pass,
+            ``recsys.eval.prior_grid``), keeps the best validation NDCG@k (smallest k) and
             stores it in the checkpoint (``prior_weight``), which test, ``evaluate``,
             ``export`` and ``recommend`` then use. This is the logit adjustment of Menon et
             al. (ICLR 2021, "Long-tail learning via logit adjustment") with the sign for

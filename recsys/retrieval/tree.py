@@ -5,6 +5,8 @@ over it. Plain numpy (no torch), so the tree is built, stored and searched like 
     tree.codes        # (N, L) int64, the path of each item
     tree.slot_item    # (K^L,) item of each leaf slot, -1 where empty
     I, S = beam_search(level_scores, tree, beam=16, k=10)       # level_scores(l, prefixes) -> (Q, b, K)
+    index = BeamIndex(tree, tables, temperature=0.1)            # a TreeSoftmax's trained index
+    I, S = index.search(xq, xb, k=10, beam=16, exclude=seen)    # xb: the leaves (item vectors)
 
 Construction: balanced recursive 2-means (the PECOS / Parabel way: Prabhu et al., WWW 2018,
 "Parabel"; Yu et al., JMLR 2022, "PECOS"). A node's items are cut into K groups of sizes as
@@ -23,7 +25,7 @@ import numpy as np
 
 from recsys.errors import ConfigError, DataError
 
-__all__ = ["ItemTree", "balanced_codes", "beam_search", "gumbel_noise"]
+__all__ = ["ItemTree", "BeamIndex", "balanced_codes", "beam_search", "gumbel_noise"]
 
 
 def _two_means_order(x: np.ndarray, rng: np.random.Generator, iters: int = 8) -> np.ndarray:
@@ -196,3 +198,98 @@ def beam_search(level_scores: Callable[[int, np.ndarray], np.ndarray], tree: Ite
     out_S = np.full((Q, k), -np.inf)
     out_I[:, : items.shape[1]], out_S[:, : items.shape[1]] = items, np.where(items >= 0, score, -np.inf)
     return out_I, out_S
+
+
+@dataclass
+class BeamIndex:
+    """A trained tree-softmax index (``recsys.model.heads.TreeSoftmax``) as plain arrays:
+    the tree, the internal node vectors of each level and the temperature, so that a
+    TreeSoftmax's beam search runs the same in training code and in an export folder.
+
+    The level-l logits of the children of a prefix are q . e_child / T, with e_child a row of
+    ``tables[l]`` (K^(l+1), D) for l < L - 1 and the leaf's item vector (``xb``) at the last
+    level; each level is a log-softmax over the K children (empty children masked).
+    """
+
+    tree: ItemTree
+    tables: list  # L - 1 float32 arrays (K^(l+1), D)
+    temperature: float
+
+    def __post_init__(self) -> None:
+        K, L = self.tree.branching, self.tree.levels
+        self.tables = [np.asarray(t, dtype=np.float32) for t in self.tables]
+        shapes = [t.shape for t in self.tables]
+        if len(self.tables) != L - 1 or any(t.ndim != 2 or t.shape[0] != K ** (lv + 1)
+                                            for lv, t in enumerate(self.tables)):
+            raise DataError(f"beam index: node tables of shapes {shapes} for a {K}-ary tree of {L} levels: need "
+                            f"{L - 1} tables, level l of K^(l+1) rows. Fix: write them from the same TreeSoftmax.")
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise DataError(f"beam index: temperature {self.temperature}: must be finite and > 0. Fix: write it "
+                            "from the head's temperature().")
+
+    def state_dict(self) -> dict:
+        """Plain arrays (``np.savez`` without pickle): the codes, the branching, the node tables
+        (``table_<l>``) and the temperature."""
+        out = {**self.tree.state_dict(), "temperature": np.float64(self.temperature)}
+        out.update({f"table_{lv}": t for lv, t in enumerate(self.tables)})
+        return out
+
+    @classmethod
+    def from_state(cls, state) -> BeamIndex:
+        """The inverse of ``state_dict`` (a dict or an ``np.load`` of it)."""
+        tree = ItemTree.from_state({"codes": state["codes"], "branching": int(state["branching"])})
+        tables = [np.asarray(state[f"table_{lv}"]) for lv in range(tree.levels - 1)]
+        return cls(tree, tables, float(state["temperature"]))
+
+    def search(self, xq: np.ndarray, xb: np.ndarray, k: int, beam: int = 16, exclude=None,
+               temperature: float = 0.0, rerank: bool = False, rng: np.random.Generator | None = None,
+               chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items of queries ``xq`` (Q, D) by beam search (``beam`` prefixes per level),
+        ``xb`` (N, D) the leaves' item vectors. ``exclude``: a (Q, N) CSR of seen items.
+        ``temperature`` > 0: a stochastic (Gumbel) beam. ``rerank``: order the surviving leaves
+        by the exact score q . v instead of the tree probability. Queries are searched
+        ``chunk`` at a time (a level holds (chunk, beam, K, D) node vectors). Returns I (Q, k)
+        item ids (-1 pads) and S (Q, k) scores."""
+        xq = np.asarray(xq, dtype=np.float32)
+        xb = np.asarray(xb, dtype=np.float32)
+        if xq.ndim != 2 or xb.shape != (self.tree.n_items, xq.shape[1]):
+            raise DataError(f"beam search: queries {xq.shape}, item vectors {xb.shape}: need (Q, D) and "
+                            f"({self.tree.n_items}, D), the tree's items. Fix: pass the item tower's embeddings "
+                            "of the same model.")
+        rng = rng or np.random.default_rng(0)
+        parts = [self._chunk(xq[s:s + chunk], xb, k, beam, None if exclude is None else exclude[s:s + chunk],
+                             temperature, rerank, rng) for s in range(0, len(xq), chunk)]
+        if not parts:
+            return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _chunk(self, xq, xb, k, beam, exclude, temperature, rerank, rng):
+        T, tree, tables = self.temperature, self.tree, self.tables
+        K, L = tree.branching, tree.levels
+
+        def level_scores(lv, prefixes):
+            pre = np.zeros((len(xq), 1), dtype=np.int64) if prefixes is None else prefixes
+            child = pre[:, :, None] * K + np.arange(K)[None, None, :]  # (Q, b, K)
+            e = tables[lv][child] if lv < L - 1 else xb[np.clip(tree.slot_item[child], 0, None)]  # (Q, b, K, D)
+            logits = np.einsum("qd,qbkd->qbk", xq, e) / T
+            logits = np.where(tree.occupied[lv][child], logits, -np.inf)
+            m = logits.max(axis=2, keepdims=True)
+            m = np.where(np.isfinite(m), m, 0.0)
+            return logits - m - np.log(np.exp(logits - m).sum(axis=2, keepdims=True))  # log-softmax over K
+
+        ex = None
+        if exclude is not None:
+            from recsys.retrieval.keys import member
+
+            excl = exclude.tocsr()
+
+            def ex(items):  # (Q, M) -> (Q, M) bool: items the query has seen
+                return member(items, excl)
+
+        want = max(k, beam * K) if rerank else k
+        I, S = beam_search(level_scores, tree, beam, want, exclude=ex, temperature=temperature, rng=rng)
+        if rerank:
+            exact = np.where(I >= 0, np.einsum("qd,qkd->qk", xq, xb[I.clip(0)]), -np.inf)
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            I, S = np.take_along_axis(I, order, 1), np.take_along_axis(exact, order, 1)
+        return I, S

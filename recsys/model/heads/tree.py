@@ -10,7 +10,7 @@ from torch import nn
 
 from recsys.errors import ConfigError
 from recsys.model.heads.base import Head, HeadOutput, LazyLogs, head_logs
-from recsys.retrieval.tree import ItemTree, beam_search
+from recsys.retrieval.tree import BeamIndex, ItemTree
 
 
 class TreeSoftmax(Head):
@@ -184,56 +184,17 @@ class TreeSoftmax(Head):
         """The internal node vectors of every level as float32 arrays (K^(l+1), D), l < L - 1."""
         return [e.weight.detach().float().cpu().numpy() for e in self.node_emb]
 
+    def beam_index(self) -> BeamIndex:
+        """The trained index as plain arrays (tree, node vectors, temperature): what an export
+        stores and what ``beam_topk`` searches."""
+        if self.tree is None:
+            raise ConfigError("TreeSoftmax has no tree: fit or load a checkpoint first.")
+        return BeamIndex(self.tree, self.level_tables(), float(self.temperature()))
+
     def beam_topk(self, xq: np.ndarray, xb: np.ndarray, k: int, beam: int = 16, exclude=None,
                   temperature: float = 0.0, rerank: bool = False, rng: np.random.Generator | None = None,
                   chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items of queries ``xq`` (Q, D) by beam search over the tree (``beam`` prefixes per
-        level), with ``xb`` (N, D) the item tower's embeddings (the leaves). ``exclude``: a (Q, N)
-        CSR of seen items. ``temperature`` > 0: a stochastic (Gumbel) beam. ``rerank``: order the
-        surviving leaves by the exact score q . v instead of the tree probability. Queries are
-        searched ``chunk`` at a time (a level holds (chunk, beam, K, D) node vectors).
-        Returns I (Q, k) item ids (-1 pads) and S (Q, k) scores."""
-        if self.tree is None:
-            raise ConfigError("TreeSoftmax has no tree: fit or load a checkpoint first.")
-        rng = rng or np.random.default_rng(0)
-        parts = [self._beam_chunk(xq[s:s + chunk], xb, k, beam, None if exclude is None else exclude[s:s + chunk],
-                                  temperature, rerank, rng) for s in range(0, len(xq), chunk)]
-        if not parts:
-            return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def _beam_chunk(self, xq, xb, k, beam, exclude, temperature, rerank, rng):
-        T = float(self.temperature())
-        tables, slot_item, K = self.level_tables(), self.tree.slot_item, self.K
-        xq = np.asarray(xq, dtype=np.float32)
-
-        def level_scores(lv, prefixes):
-            Q = len(xq)
-            pre = np.zeros((Q, 1), dtype=np.int64) if prefixes is None else prefixes
-            child = pre[:, :, None] * K + np.arange(K)[None, None, :]  # (Q, b, K)
-            if lv < self.L - 1:
-                e = tables[lv][child]  # (Q, b, K, D)
-            else:
-                e = xb[np.clip(slot_item[child], 0, None)]
-            logits = np.einsum("qd,qbkd->qbk", xq, e) / T
-            logits = np.where(self.tree.occupied[lv][child], logits, -np.inf)
-            m = logits.max(axis=2, keepdims=True)
-            m = np.where(np.isfinite(m), m, 0.0)
-            return logits - m - np.log(np.exp(logits - m).sum(axis=2, keepdims=True))  # log-softmax over K
-
-        ex = None
-        if exclude is not None:
-            from recsys.retrieval.keys import member
-
-            excl = exclude.tocsr()
-
-            def ex(items):  # (Q, M) -> (Q, M) bool: items the query has seen
-                return member(items, excl)
-
-        want = max(k, beam * K) if rerank else k
-        I, S = beam_search(level_scores, self.tree, beam, want, exclude=ex, temperature=temperature, rng=rng)
-        if rerank:
-            exact = np.where(I >= 0, np.einsum("qd,qkd->qk", xq, xb[I.clip(0)]), -np.inf)
-            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-            I, S = np.take_along_axis(I, order, 1), np.take_along_axis(exact, order, 1)
-        return I, S
+        """Top-k items of queries ``xq`` (Q, D) by beam search over the tree
+        (``BeamIndex.search``, arguments there), with ``xb`` (N, D) the item tower's
+        embeddings (the leaves). Returns I (Q, k) item ids (-1 pads) and S (Q, k) scores."""
+        return self.beam_index().search(xq, xb, k, beam, exclude, temperature, rerank, rng, chunk)
