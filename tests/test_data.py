@@ -121,6 +121,50 @@ def test_pad_rows_leaves_target_out():
     assert long.tolist() == [[7, 8]]
 
 
+def _pad_reference(indptr, indices, rows, H, pad, exclude_pos=None, rng=None, values=None):
+    """pad_rows row by row in plain Python: the documented behaviour, one row at a time."""
+    avail = [int(indptr[r + 1] - indptr[r]) - (exclude_pos is not None) for r in rows]
+    long = [j for j, a in enumerate(avail) if a > H]
+    draws = rng.random((len(long), H)) if rng is not None and long else None
+    ids, vals = np.full((len(rows), H), pad, np.int64), np.zeros((len(rows), H), np.float32)
+    for j, r in enumerate(rows):
+        a = avail[j]
+        if a > H:
+            pos = ((draws[long.index(j)] * a).astype(np.int64) if draws is not None
+                   else (np.arange(H) * a) // H)
+        else:
+            pos = np.arange(max(a, 0))
+        if exclude_pos is not None:
+            pos = pos + (pos >= exclude_pos[j])
+        ids[j, :len(pos)] = indices[indptr[r] + pos]
+        if values is not None:
+            vals[j, :len(pos)] = values[indptr[r] + pos]
+    return ids if values is None else (ids, vals)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pad_rows_equals_the_row_by_row_reference(seed):
+    """Short rows (scattered), long rows (thinned, evenly or by the rng), the target left out,
+    values beside the ids, empty rows."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(0, 30, 40)
+    lens[:3] = [0, 1, 29]
+    indptr = np.concatenate([[0], np.cumsum(lens)])
+    indices, values = rng.integers(0, 50, indptr[-1]), rng.random(indptr[-1]).astype(np.float32)
+    rows = rng.integers(0, 40, 25)
+    for H in (1, 5, 12, 40):
+        for draw in (None, 7):
+            def run(f, H=H, draw=draw):
+                return f(indptr, indices, rows, H, 99, rng=None if draw is None else np.random.default_rng(draw),
+                         values=values)
+            for got, want in zip(run(pad_rows), run(_pad_reference)):
+                np.testing.assert_array_equal(got, want)
+            ok = rows[lens[rows] > 0]  # a target to leave out needs a non-empty row
+            ex = np.array([rng.integers(0, lens[r]) for r in ok])
+            got = pad_rows(indptr, indices, ok, H, 99, exclude_pos=ex)
+            np.testing.assert_array_equal(got, _pad_reference(indptr, indices, ok, H, 99, exclude_pos=ex))
+
+
 def test_datamodule_batches(tiny_dm):
     d = tiny_dm.data
     b = next(iter(tiny_dm.train_dataloader()))

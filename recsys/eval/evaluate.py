@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from recsys.data.recdata import RecData
@@ -140,8 +141,11 @@ def evaluate_grid(
     secs = time.perf_counter() - t
     ids = [I if cand is None else np.where(I >= 0, cand[I.clip(0)], -1) for _, I in found]
     truth = data.truth(split)[users]
-    k0 = min(ks)
-    scores = [float(per_user_metrics(I[:, :k0], truth, (k0,))[f"ndcg@{k0}"].mean()) for I in ids]
+    k0, W, Q = min(ks), len(ids), len(users)
+    # every weight's lists in one call: rows w * Q + q against the truth repeated W times
+    pu = per_user_metrics(np.concatenate([I[:, :k0] for I in ids]), sp.vstack([truth] * W).tocsr(), (k0,))
+    which = pu["users"] // Q  # (W U,) the weight of each evaluated row
+    scores = (np.bincount(which, pu[f"ndcg@{k0}"], W) / np.maximum(np.bincount(which, minlength=W), 1)).tolist()
     best = int(np.argmax(scores))  # the first of ties
     res = topk_metrics(ids[best], users, data, split, ks, seconds=secs)
     logger.info("scored %d queries over %d items for %d prior weights in %.2fs", len(xq), len(xb),
