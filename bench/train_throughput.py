@@ -4,6 +4,7 @@
     python -m bench.train_throughput            # N = 2k, 10k, 100k, 1M, and 10M for the O(1) heads
     python -m bench.train_throughput --quick    # N = 10k, 100k, few steps
     python -m bench.train_throughput --shipped  # the five ML-1M configs as shipped (see shipped_main)
+    python -m bench.train_throughput --shipped --dataset gowalla  # the Gowalla configs (41k items), shorter windows
 
 One subprocess builds synthetic catalogues of every size N whose training pairs spread
 over the catalogue (100k users, ~10 positives each, Zipf 0.5: ~600k distinct items at
@@ -189,6 +190,8 @@ def main(argv=None) -> None:
     p.add_argument("--shipped", action="store_true",
                    help="the five ML-1M configs exactly as shipped: fit vs bare loop and a per-step profile")
     p.add_argument("--heads", default=",".join(SHIPPED_HEADS), help="--shipped: comma list of heads")
+    p.add_argument("--dataset", default="ml-1m", choices=SHIPPED_DATASETS,
+                   help="--shipped: whose configs (default ml-1m, where the targets are; gowalla: records)")
     p.add_argument("--wait-load", type=float, default=None,
                    help="--shipped: before each head wait (up to 20 min) until the 1-minute load is below this "
                         "(default 1.2; --quick 0 = no wait)")
@@ -273,7 +276,9 @@ def _targets(rep, rows, quick: bool) -> None:
 
 # ---- the five ML-1M configs as shipped ---------------------------------------------------------
 SHIPPED_HEADS = ("full", "sigmoid", "sampled", "inbatch", "hard")
-SHIPPED_BASE = "configs/ml-1m/base.yaml"
+SHIPPED_DATASETS = ("ml-1m", "gowalla")  # configs/<dataset>/base.yaml + <head>.yaml; the targets are ML-1M's
+# Gowalla: shorter windows (its full-softmax step takes ~0.7 s)
+SHIPPED_PLAN_GOWALLA = {"warmup": 5, "steps": 15, "rounds": 4, "profile_steps": 15, "bare_warmup": 2}
 SHIPPED_PLAN = {  # fit warm-up steps, steps per window, rounds (one fit + one bare window each), profiled steps
     False: {"warmup": 10, "steps": 30, "rounds": 8, "profile_steps": 30, "bare_warmup": 3},
     True: {"warmup": 5, "steps": 10, "rounds": 2, "profile_steps": 10, "bare_warmup": 2},
@@ -309,10 +314,11 @@ def wait_quiet(threshold: float, max_wait_s: float = 1200.0, poll_s: float = 30.
     return {"waited_s": round(time.perf_counter() - t, 1), "load": C.load(), "threshold": threshold}
 
 
-def shipped_args(head: str, root: str, max_steps: int) -> list[str]:
-    """``recsys fit`` arguments of the shipped ML-1M config of ``head`` (base + head file, nothing
-    re-typed), with logger, checkpointing, progress bar and validation off and ``max_steps``."""
-    return ["--config", SHIPPED_BASE, "--config", f"configs/ml-1m/{head}.yaml", "--trainer.logger=false",
+def shipped_args(head: str, root: str, max_steps: int, dataset: str = "ml-1m") -> list[str]:
+    """``recsys fit`` arguments of the shipped config of ``head`` on ``dataset`` (base + head file,
+    nothing re-typed), with logger, checkpointing, progress bar and validation off and ``max_steps``."""
+    return ["--config", f"configs/{dataset}/base.yaml", "--config", f"configs/{dataset}/{head}.yaml",
+            "--trainer.logger=false",
             "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
             "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0", f"--trainer.max_steps={max_steps}",
             f"--trainer.default_root_dir={root}"]
@@ -547,12 +553,13 @@ def run_shipped(case: dict) -> dict:
     from recsys.commands.compare import make_cli
     from recsys.data.batches import PairDataset
 
-    head, plan = case["head"], SHIPPED_PLAN[case["quick"]]
+    head, dataset = case["head"], case.get("dataset", "ml-1m")
+    plan = SHIPPED_PLAN_GOWALLA if dataset == "gowalla" and not case["quick"] else SHIPPED_PLAN[case["quick"]]
     W, S, R, P = plan["warmup"], plan["steps"], plan["rounds"], plan["profile_steps"]
     root = tempfile.mkdtemp(prefix="recsys-bench-shipped-")
     try:
         t = time.perf_counter()
-        cli = make_cli(shipped_args(head, root, W + R * S + 3 * P + 1))
+        cli = make_cli(shipped_args(head, root, W + R * S + 3 * P + 1, dataset))
         cli_s = time.perf_counter() - t
         model, dm, trainer = cli.model, cli.datamodule, cli.trainer
         data = dm.data
@@ -621,19 +628,22 @@ def run_shipped(case: dict) -> dict:
 
 
 def shipped_main(args) -> None:
-    """``--shipped``: each head's ML-1M config in its own process; writes train_throughput_shipped."""
-    quick = args.quick
+    """``--shipped``: each head's shipped config of ``--dataset`` in its own process; writes
+    train_throughput_shipped (ML-1M, with the targets) or train_throughput_shipped_<dataset>."""
+    quick, dataset = args.quick, args.dataset
     heads = [h for h in args.heads.split(",") if h]
     bad = sorted(set(heads) - set(SHIPPED_HEADS))
     if bad:
-        raise SystemExit(f"--heads {bad}: the shipped ML-1M heads are {list(SHIPPED_HEADS)}")
-    rep = C.Report("train_throughput_shipped", quick, C.command_line(), SHIPPED_DESCRIPTION)
+        raise SystemExit(f"--heads {bad}: the shipped heads are {list(SHIPPED_HEADS)}")
+    name = "train_throughput_shipped" + ("" if dataset == "ml-1m" else "_" + dataset.replace("-", "_"))
+    rep = C.Report(name, quick, C.command_line(), SHIPPED_DESCRIPTION.replace("ML-1M", dataset).replace(
+        "configs/ml-1m/", f"configs/{dataset}/"))
     results, rows = {}, []
     threshold = args.wait_load if args.wait_load is not None else (0.0 if quick else 1.2)
     for h in heads:
         wait = wait_quiet(threshold)
         print(f"== {h} (load {C.load()}, waited {wait['waited_s']} s)", flush=True)
-        out = C.run_case("bench.train_throughput", {"shipped": True, "head": h, "quick": quick,
+        out = C.run_case("bench.train_throughput", {"shipped": True, "head": h, "quick": quick, "dataset": dataset,
                                                     "threads": args.threads}, timeout=3600, as_user=True)
         out["wait"] = wait
         if "error" in out:
@@ -643,7 +653,7 @@ def shipped_main(args) -> None:
         results[h] = out
         rows.append({**out["row"], "waited_s": wait["waited_s"]})
     rep.data = results
-    _shipped_targets(rep, results, quick)
+    _shipped_targets(rep, results, quick or dataset != "ml-1m", dataset)
     cols = ["head", "head_class", "fit_ex_s", "bare_ex_s", "fit_over_bare", "fit_best", "bare_best",
             "fit_over_bare_best", "fit_step_ms", "bare_step_ms", "windows", "steps_per_window", "load_start",
             "load_end", "waited_s"]
@@ -682,7 +692,7 @@ def shipped_main(args) -> None:
                       f"{k} {v:.2f}" for k, v in out["cprofile_named"]["cum_ms_per_step"].items()))
     if results:
         any_out = next(iter(results.values()))
-        rep.note(f"Data: ML-1M as configs/ml-1m/base.yaml loads it ({any_out['config']['n_users']:,} users, "
+        rep.note(f"Data: {dataset} as configs/{dataset}/base.yaml loads it ({any_out['config']['n_users']:,} users, "
                  f"{any_out['config']['n_items']:,} items, {any_out['config']['train_pairs']:,} train pairs, "
                  f"{any_out['config']['steps_per_epoch']} steps per epoch at batch {any_out['config']['batch_size']}"
                  f", history bag {any_out['config']['max_history']}). Windows stay inside the first epoch.")
@@ -700,16 +710,17 @@ SHIPPED_DESCRIPTION = (
     "(exclusive wall time per part, torch.profiler operators, cProfile functions). Each head runs in its own process.")
 
 
-def _shipped_targets(rep, results: dict, quick: bool) -> None:
+def _shipped_targets(rep, results: dict, quick: bool, dataset: str = "ml-1m") -> None:
+    """The issue's targets on ML-1M; on another dataset (``quick`` set) the same figures as records."""
     for h, out in results.items():
         r = out["row"]
-        rep.target(f"{h}: fit path / bare loop (shipped ML-1M config)", round(r["fit_over_bare"], 3), ">= 0.8",
+        rep.target(f"{h}: fit path / bare loop (shipped {dataset} config)", round(r["fit_over_bare"], 3), ">= 0.8",
                    None if quick else r["fit_over_bare"] >= 0.8,
                    f"fit {r['fit_ex_s']:.0f} vs bare {r['bare_ex_s']:.0f} ex/s (best windows "
                    f"{r['fit_over_bare_best']:.3f}); load {r['load_start']} -> {r['load_end']}")
     if "inbatch" in results:
         r = results["inbatch"]["row"]
-        rep.target("inbatch: fit path examples / s on 2 cores (shipped ML-1M config)", round(r["fit_ex_s"]),
+        rep.target(f"inbatch: fit path examples / s on 2 cores (shipped {dataset} config)", round(r["fit_ex_s"]),
                    ">= 40000", None if quick else r["fit_ex_s"] >= 40_000,
                    f"median of {r['windows']} windows (best {r['fit_best']:.0f}, bare {r['bare_ex_s']:.0f}); "
                    f"load {r['load_start']} -> {r['load_end']}")
