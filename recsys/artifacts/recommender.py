@@ -144,9 +144,7 @@ class Recommender:
             raise ConfigError(f"beam={beam}: beam search needs a model trained with the TreeSoftmax head (its item "
                               "tree); this model has none. Fix: drop --beam (exact top-k), or export a TreeSoftmax "
                               "checkpoint.")
-        if beam < 1:
-            raise ConfigError(f"beam={beam}: need beam >= 1. Fix: e.g. --beam 16.")
-        n = self.beam_index.tree.n_items
+        n = self.beam_index.tree.n_items  # beam < 1: beam_search's ConfigError
         if k > n:
             raise ConfigError(f"k={k} exceeds the tree's {n} items. Fix: choose k <= {n}.")
         return self.beam_index.search(np.asarray(xq, dtype=np.float32), self.xb[:n], k, beam,

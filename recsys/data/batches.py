@@ -36,8 +36,6 @@ def pad_rows(indptr, indices, rows, H, pad, exclude_pos=None, rng=None, values=N
     avail = (indptr[rows + 1] - start - (0 if exclude_pos is None else 1)).astype(np.int64)  # (B,)
     out = np.full((B, H), pad, dtype=np.int64)
     vals = None if values is None else np.zeros((B, H), dtype=np.float32)
-    if len(indices) == 0:
-        return out if values is None else (out, vals)
     fits = avail <= H
     r = np.flatnonzero(fits)  # (S,) rows copied whole
     n = np.maximum(avail[r], 0)  # (S,)

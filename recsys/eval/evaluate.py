@@ -75,6 +75,22 @@ def topk_metrics(I: np.ndarray, users: np.ndarray, data: RecData, split: str = "
     return EvalResult(m, per_user_metrics(I, truth, ks), users, I)
 
 
+def _ranked(data: RecData, split: str, users: np.ndarray, xb: np.ndarray):
+    """What ``split`` ranks for ``users``: (cand, xb, exclude) with cand None for all N items
+    (``xb`` and the (Q, N) seen-item CSR as they are), or the (M,) candidate ids of e.g.
+    cold_items with the rows of ``xb`` and the columns of ``exclude`` cut to them."""
+    cand = data.candidates(split)
+    exclude = data.seen(split)[users]
+    if cand is not None:
+        xb, exclude = xb[cand], exclude[:, cand]
+    return cand, xb, exclude
+
+
+def _item_ids(I: np.ndarray, cand: np.ndarray | None) -> np.ndarray:
+    """Top-k positions among the ranked items (``_ranked``) -> catalogue ids (-1 pads stay)."""
+    return I if cand is None else np.where(I >= 0, cand[I.clip(0)], -1)
+
+
 def evaluate_embeddings(
     xq: np.ndarray,
     users: np.ndarray,
@@ -93,15 +109,12 @@ def evaluate_embeddings(
     the approximate top-k against the exact one) is reported beside the metrics.
     """
     xq = np.ascontiguousarray(xq, dtype=np.float32)
-    cand = data.candidates(split)  # None: all N items; (M,) ids for cold_items
-    exclude = data.seen(split)[users]
-    if cand is not None:  # rank the M candidates only: rows of xb and columns of exclude
-        xb, exclude = xb[cand], exclude[:, cand]
+    cand, xb, exclude = _ranked(data, split, users, xb)
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     t = time.perf_counter()
     retriever = make_retriever(index, **(index_params or {})).build(xb)
     _, I = retriever.search(xq, max(ks), exclude=exclude)
-    I_ids = I if cand is None else np.where(I >= 0, cand[I.clip(0)], -1)
+    I_ids = _item_ids(I, cand)
     res = topk_metrics(I_ids, users, data, split, ks, seconds=time.perf_counter() - t)
     if not retriever.is_exact:
         _, I_exact = make_retriever("exact").build(xb).search(xq, max(ks), exclude=exclude)
@@ -131,15 +144,13 @@ def evaluate_grid(
     (every metric; ``search_seconds``: the whole grid's search) and each weight's NDCG@min(ks).
     """
     ks = tuple(ks)
-    cand = data.candidates(split)  # None: all N items; (M,) ids for cold_items
-    exclude = data.seen(split)[users]
+    cand, xb, exclude = _ranked(data, split, users, xb)
     bias = np.asarray(bias, dtype=np.float32)
-    if cand is not None:  # rank the M candidates only
-        xb, exclude, bias = xb[cand], exclude[:, cand], bias[cand]
+    bias = bias if cand is None else bias[cand]
     t = time.perf_counter()
     found = topk_bias_grid(xq, xb, bias, weights, max(ks), exclude)  # [(D, I) (Q, k)] per weight
     secs = time.perf_counter() - t
-    ids = [I if cand is None else np.where(I >= 0, cand[I.clip(0)], -1) for _, I in found]
+    ids = [_item_ids(I, cand) for _, I in found]
     truth = data.truth(split)[users]
     k0, W, Q = min(ks), len(ids), len(users)
     # every weight's lists in one call: rows w * Q + q against the truth repeated W times

@@ -305,12 +305,16 @@ class TwoTowerModule(L.LightningModule):
         w = self.served_prior_weight if prior_weight is None else prior_weight
         return self._with_prior(self.item_tower.embed_all(), w)
 
+    def _prior_bias(self) -> torch.Tensor:
+        """(N,) T * log p_j: the popularity prior of one unit of weight, in logit units."""
+        return float(self.head.temperature()) * self.log_prior
+
     def _with_prior(self, xb: torch.Tensor, w: float | None) -> torch.Tensor:
         """``xb`` (N, D) with w * T * log p_j added to its last (bias) coordinate (a copy)."""
         if not w or self.prior_grid is None:
             return xb
         xb = xb.clone()
-        xb[:, -1] += w * float(self.head.temperature()) * self.log_prior.to(xb)
+        xb[:, -1] += w * self._prior_bias().to(xb)
         return xb
 
     def on_validation_epoch_start(self) -> None:
@@ -375,7 +379,7 @@ class TwoTowerModule(L.LightningModule):
         xb = self.item_tower.embed_all().float()  # (N, D), once for every prior weight
         ks = tuple(self.eval_ks)
         if choose_prior and self.prior_grid is not None and self.eval_index == "exact":
-            bias = (float(self.head.temperature()) * self.log_prior.to(xb)).cpu().numpy()  # (N,)
+            bias = self._prior_bias().float().cpu().numpy()  # (N,) added at weight w as w * bias
             i, res, _ = evaluate_grid(xq, users, xb.cpu().numpy(), bias, self.prior_grid, data, split, ks)
             return res, self.prior_grid[i]
 

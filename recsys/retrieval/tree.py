@@ -237,7 +237,7 @@ class BeamIndex:
     @classmethod
     def from_state(cls, state) -> BeamIndex:
         """The inverse of ``state_dict`` (a dict or an ``np.load`` of it)."""
-        tree = ItemTree.from_state({"codes": state["codes"], "branching": int(state["branching"])})
+        tree = ItemTree.from_state(state)
         tables = [np.asarray(state[f"table_{lv}"]) for lv in range(tree.levels - 1)]
         return cls(tree, tables, float(state["temperature"]))
 
