@@ -45,6 +45,24 @@ def test_bag_values_pool_a_weighted_mean_and_need_the_batch_values():
     assert not torch.allclose(out[0], plain[0])  # the values change the pooled vector
 
 
+def test_bag_norm_divides_the_weighted_sum_by_the_chosen_norm():
+    bag = torch.tensor([[3, 5, PAD]])
+    w = torch.tensor([[3.0, 4.0, 9.0]])  # l1 7, l2 5 (the pad's value is never used)
+    outs = {}
+    for norm in ("l1", "l2", "none"):
+        torch.manual_seed(0)
+        t = QueryTower(schema(), dim=4, use_id=False, use_features=False, sparse=False,
+                       bag_values=True, bag_norm=norm)
+        E = t.bag_emb.weight
+        outs[norm] = t({"bag": bag, "bag_w": w})[0]
+    s = 3 * E[3] + 4 * E[5]
+    torch.testing.assert_close(outs["l1"], s / 7)
+    torch.testing.assert_close(outs["l2"], s / 5)
+    torch.testing.assert_close(outs["none"], s)
+    with pytest.raises(ConfigError, match="bag_norm='l3'"):
+        QueryTower(schema(), dim=4, bag_values=True, bag_norm="l3")
+
+
 def test_query_parts_are_summed_without_mlp():
     torch.manual_seed(0)
     t = QueryTower(schema(user_feature_cards=[2, 3]), dim=4, sparse=False)

@@ -131,6 +131,11 @@ class QueryTower(_Tower):
             sum_h x_h e_h / sum_h x_h, e.g. a document's TF-IDF word weights
             (``data.bag_weighting: tfidf``); times the learned weights with ``bag_weights``.
             Batches without ``bag_w`` (history bags) pool as before.
+        bag_norm: what a weighted bag's sum (``bag_values`` or ``bag_weights``) is divided
+            by: ``l1`` the sum of the weights (the weighted mean), ``l2`` their Euclidean
+            norm (with TF-IDF values: a linear model on the L2-normalised TF-IDF vector, the
+            input of the one-vs-rest and extreme-classification baselines, where a longer
+            document has a larger query norm), ``none`` nothing (the plain weighted sum).
         normalize: L2-normalise the output (pair with a small temperature).
         sparse: sparse gradients for the id tables.
         init_std: std of the normal init of the id tables.
@@ -150,7 +155,7 @@ class QueryTower(_Tower):
                  residual: bool = False, part_norm: bool = False, bag_dropout: float = 0.0,
                  bag_weights: bool = False, normalize: bool = False, sparse: bool = True,
                  init_std: float = 0.05, item_bias: bool = False, unknown_id_rate: float = 0.0,
-                 bag_values: bool = False):
+                 bag_values: bool = False, bag_norm: str = "l1"):
         use_numeric = use_features and schema.user_numeric_dim > 0
         use_features = use_features and bool(schema.user_feature_cards)
         _check_rate("QueryTower", unknown_id_rate)
@@ -169,7 +174,12 @@ class QueryTower(_Tower):
         self.num_proj = nn.Linear(schema.user_numeric_dim, dim, bias=False) if use_numeric else None
         cold = None if schema.user_counts is None else torch.as_tensor(schema.user_counts) == 0
         self.register_buffer("cold_user", cold if cold is not None and bool(cold.any()) else None, persistent=False)
-        self.bag_values = bag_values
+        if bag_norm not in ("l1", "l2", "none"):
+            raise ConfigError(
+                f"QueryTower bag_norm={bag_norm!r}: need 'l1' (weighted mean), 'l2' (sum over the "
+                "L2 norm of the weights) or 'none' (weighted sum). Fix: e.g. bag_norm: l2."
+            )
+        self.bag_values, self.bag_norm = bag_values, bag_norm
         self.bag_emb = (nn.EmbeddingBag(schema.bag_size + 1, dim, mode="sum" if bag_weights or bag_values else "mean",
                                         sparse=sparse, padding_idx=schema.bag_size) if use_bag else None)
         self.bag_logw = (nn.Embedding(schema.bag_size + 1, 1, sparse=sparse, padding_idx=schema.bag_size)
@@ -215,7 +225,7 @@ class QueryTower(_Tower):
                 if self.bag_logw is not None:
                     w = w * self.bag_logw(bag).squeeze(-1).exp()  # learned weight per id
                 pooled = self.bag_emb(bag, per_sample_weights=w)  # (B, D), sum_h w_h e_h
-                parts.append(pooled / w.sum(1, keepdim=True).clamp_min(1e-12))  # weighted mean
+                parts.append(self._pool_norm(pooled, w))  # (B, D)
         B = len(parts[0]) if parts else len(next(iter(batch.values())))
         if self.feat_emb is not None:
             if "user_feats" in batch:
@@ -229,6 +239,15 @@ class QueryTower(_Tower):
         if self.item_bias:
             x = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)  # (B, D + 1): q . v + b_j
         return x
+
+    def _pool_norm(self, pooled: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """(B, D) weighted sum ``pooled`` of a bag with weights ``w`` (B, H) over the bag's
+        weight norm: l1 the weighted mean, l2 sum / ||w||_2 (a linear model on L2-normalised
+        TF-IDF features), none the plain sum."""
+        if self.bag_norm == "none":
+            return pooled
+        norm = w.sum(1, keepdim=True) if self.bag_norm == "l1" else w.square().sum(1, keepdim=True).sqrt()
+        return pooled / norm.clamp_min(1e-12)
 
 
 class ItemTower(_Tower):
