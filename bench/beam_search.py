@@ -55,14 +55,13 @@ def _train(quick: bool, epochs: int, root_dir: str):
 
 def _diversity(I: np.ndarray, top_codes: np.ndarray, n_items: int) -> dict:
     """coverage@10, Gini@10 of the recommended items, distinct top-level codes per top-10."""
+    from recsys.eval.metrics import distinct_groups
     from recsys.numeric import gini
 
     top = I[:, :10]
-    ok = top >= 0
-    counts = np.bincount(top[ok], minlength=n_items)
-    distinct = [len(np.unique(top_codes[row[row >= 0]])) for row in top]
+    counts = np.bincount(top[top >= 0], minlength=n_items)
     return {"coverage@10": float((counts > 0).mean()), "gini@10": float(gini(counts)),
-            "distinct_top_codes@10": float(np.mean(distinct))}
+            "distinct_top_codes@10": distinct_groups(I, top_codes, 10)}
 
 
 def run_quality(case: dict) -> dict:

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.errors import ConfigError, DataError
-from recsys.eval.metrics import hits_matrix, per_user_metrics, ranking_metrics
+from recsys.eval.metrics import distinct_groups, hits_matrix, per_user_metrics, ranking_metrics
 from recsys.numeric import gini
 from recsys.reporting import metric_table
 
@@ -280,3 +280,13 @@ def test_propensity_metrics_match_a_dense_reference_and_reward_rare_labels():
     assert perfect["psp@1"] == pytest.approx(1.0) and perfect["psndcg@3"] == pytest.approx(1.0)
     with pytest.raises(DataError, match="one weight per label"):
         propensity_metrics(I, sp.csr_matrix(Y), w[:-1])
+
+
+def test_distinct_groups_counts_categories_per_list():
+    groups = np.array([0, 0, 1, 1, 2])  # items 0-4 in three categories
+    I = np.array([[0, 1, 2], [0, 2, 4], [3, -1, -1]])  # 2, 3 and 1 distinct; pads left out
+    assert distinct_groups(I, groups, 3) == pytest.approx(2.0)
+    assert distinct_groups(I, groups, 1) == pytest.approx(1.0)
+    assert distinct_groups(I, np.arange(5), 3) == pytest.approx(7 / 3)  # every item its own group
+    with pytest.raises(DataError, match="item id 4 but 3 group labels"):
+        distinct_groups(I, groups[:3], 3)

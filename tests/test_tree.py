@@ -301,3 +301,31 @@ def test_export_serves_the_tree_beam_as_the_checkpoint_does(tmp_path, capsys):
         flat.recommend(user, k=5, beam=4)
     with pytest.raises(ConfigError, match="--beam 0"):
         main(["recommend", "--model", str(out), "--user", str(user), "--beam", "0"])
+
+
+def test_eval_index_beam_validates_a_tree_model_by_its_own_beam(tmp_path):
+    from recsys.eval.evaluate import evaluate
+    from recsys.model.heads import InBatchSoftmax
+    from recsys.model.module import TwoTowerModule
+    from recsys.train.cli import RecsysCLI
+    from tests.conftest import config_args
+
+    tiny = ["--data.synthetic.n_users=200", "--data.synthetic.n_items=100", "--data.synthetic.n_clusters=4"]
+    cli = RecsysCLI(args=[*config_args("synthetic", "tree"), *tiny, "--model.head.init_args.branching=10",
+                          "--model.eval_index=beam", "--model.eval_beam=1", "--trainer.max_epochs=1",
+                          f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+                          "--trainer.logger=false"], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    ks = tuple(cli.model.eval_ks)
+    val = cli.model.last_eval  # what the epoch's validation logged (and the checkpoint is chosen by)
+    beam1 = evaluate(cli.model, cli.datamodule, "valid", ks, index="beam", index_params={"beam": 1}).metrics
+    exact = evaluate(cli.model, cli.datamodule, "valid", ks).metrics
+    key = f"ndcg@{min(ks)}"
+    assert val[key] == pytest.approx(beam1[key])
+    assert val[key] != pytest.approx(exact[key])  # one prefix of 10: not the exact ranking
+    with pytest.raises(ConfigError, match="eval_index='beam' with head InBatchSoftmax"):
+        TwoTowerModule(schema=Schema(n_users=5, n_items=7, bag_size=7), head=InBatchSoftmax(), eval_ks=[5],
+                       eval_index="beam")
+    with pytest.raises(ConfigError, match="eval_beam=0"):
+        TwoTowerModule(schema=Schema(n_users=5, n_items=7, bag_size=7), head=TreeSoftmax(branching=4), eval_ks=[5],
+                       eval_index="beam", eval_beam=0)

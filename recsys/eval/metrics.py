@@ -45,8 +45,9 @@ from recsys.errors import ConfigError, DataError
 from recsys.numeric import gini, inverse_propensity
 from recsys.retrieval.keys import member
 
-__all__ = ["hits_matrix", "per_user_metrics", "ranking_metrics", "RANK_METRICS", "inverse_propensity",
-           "propensity_metrics", "calibration_metrics", "disliked_metrics", "repetition", "topk_kl"]
+__all__ = ["distinct_groups", "hits_matrix", "per_user_metrics", "ranking_metrics", "RANK_METRICS",
+           "inverse_propensity", "propensity_metrics", "calibration_metrics", "disliked_metrics", "repetition",
+           "topk_kl"]
 
 # The per-user ranking metrics, in the order they appear in tables.
 RANK_METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
@@ -304,6 +305,26 @@ def repetition(I: np.ndarray, k: int = 10) -> float:
         return float("nan")
     _, counts = np.unique(np.ascontiguousarray(I[:, :k]), axis=0, return_counts=True)
     return float(counts.max() / len(I))
+
+
+def distinct_groups(I: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    """Intra-list diversity by category: the mean number of distinct ``groups`` values (one
+    int per item, e.g. an item's top-level tree code or its genre) among the first ``k``
+    items of each row of ``I`` (Q, K) (-1 pads left out). Between 1 (one category per list)
+    and k; NaN without queries."""
+    _check_k(k, I)
+    groups = np.asarray(groups)
+    top = np.asarray(I)[:, :k]
+    if top.size and (top.max() >= len(groups)):
+        raise DataError(f"distinct_groups: item id {int(top.max())} but {len(groups)} group labels: need one label "
+                        "per catalogue item. Fix: pass groups of length N.")
+    if len(top) == 0:
+        return float("nan")
+    g = np.where(top >= 0, groups[np.clip(top, 0, None)], -1)  # (Q, k)
+    g = np.sort(g, axis=1)
+    new = np.ones_like(g, dtype=bool)
+    new[:, 1:] = g[:, 1:] != g[:, :-1]  # first of each run of one group
+    return float(((g >= 0) & new).sum(1).mean())
 
 
 def topk_kl(logits: np.ndarray, ref_logits: np.ndarray) -> float:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recsys.errors import ConfigError, RecsysError
-from recsys.eval.evaluate import EvalResult, embed_queries, evaluate_embeddings, evaluate_grid
+from recsys.eval.evaluate import EvalResult, embed_queries, evaluate_beam, evaluate_embeddings, evaluate_grid
 from recsys.eval.metrics import repetition
 from recsys.model.corrections import log_frequency
 from recsys.model.heads.base import Head, KnownPositives
@@ -64,7 +64,10 @@ class TwoTowerModule(L.LightningModule):
             param groups through ``MultiOptimizer``), e.g. ``torch.optim.lr_scheduler.ExponentialLR``
             with ``gamma: 0.7``; its state is checkpointed by Lightning.
         eval_ks: cut-offs of the validation / test metrics.
-        eval_index: retriever for validation / test (``exact`` by default).
+        eval_index: retriever for validation / test (``exact`` by default; ``ivf`` / ``hnsw``;
+            ``beam`` for a head with an item tree, ``TreeSoftmax``: its own beam search of
+            width ``eval_beam``, so that the checkpoint is chosen by the ranking it serves).
+        eval_beam: beam width of ``eval_index: beam``.
         prior_grid: popularity prior at retrieval (off when None). Retrieval ranks by
             ``logit_j + w * log p_j``, p_j the item's add-one smoothed train frequency: the
             model's distribution tilted by p_j^w. Training is unchanged; each validation
@@ -105,6 +108,7 @@ class TwoTowerModule(L.LightningModule):
         lr_scheduler: SchedulerCallable | None = None,
         eval_ks: list[int] | None = None,
         eval_index: str = "exact",
+        eval_beam: int = 16,
         prior_grid: list[float] | None = None,
         prior_weight: float = 0.0,
         reference: str | None = None,
@@ -151,7 +155,14 @@ class TwoTowerModule(L.LightningModule):
                 f"eval_ks={self.eval_ks}: k={max(self.eval_ks)} exceeds the catalogue size "
                 f"N={schema.n_items}. Fix: choose k <= {schema.n_items}."
             )
-        self.eval_index = eval_index
+        if eval_index == "beam" and not hasattr(self.head, "beam_topk"):
+            raise ConfigError(
+                f"eval_index='beam' with head {type(self.head).__name__}: beam search needs a head with an item "
+                "tree. Fix: use model.head TreeSoftmax, or eval_index exact / ivf / hnsw."
+            )
+        if eval_beam < 1:
+            raise ConfigError(f"eval_beam={eval_beam}: need a beam width >= 1. Fix: e.g. eval_beam: 16.")
+        self.eval_index, self.eval_beam = eval_index, int(eval_beam)
         self.prior_grid = None if prior_grid is None else sorted(float(w) for w in prior_grid)
         if self.prior_grid is not None:
             if not self.prior_grid or not it.item_bias:
@@ -385,6 +396,8 @@ class TwoTowerModule(L.LightningModule):
 
         def run(w: float | None) -> EvalResult:
             xb_w = self._with_prior(xb, w).float().cpu().numpy()
+            if self.eval_index == "beam":  # the tree's own retrieval
+                return evaluate_beam(self.head, xq, users, xb_w, data, split, ks, beam=self.eval_beam)
             return evaluate_embeddings(xq, users, xb_w, data, split, ks, self.eval_index)
 
         if choose_prior and self.prior_grid is not None:
