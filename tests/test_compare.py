@@ -38,6 +38,9 @@ def test_head_source_composes_the_head_file_or_the_default_class(tmp_path):
                                                          "model": {**FULL["model"], "query_tower": {}}}))
     with pytest.raises(ConfigError, match=r"sets \['data', 'model.query_tower'\]"):
         head_source("towers", tmp_path)
+    # how the head's checkpoint is chosen is the head's (a tree head validates by its own beam)
+    (tmp_path / "tree.yaml").write_text(yaml.safe_dump({"model": {**FULL["model"], "eval_index": "beam"}}))
+    assert head_source("tree", tmp_path)[0] == ["--config", str(tmp_path / "tree.yaml")]
 
 
 def test_compare_refuses_a_head_file_as_base(tmp_path):

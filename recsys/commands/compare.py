@@ -47,7 +47,9 @@ from recsys.reporting import json_safe, machine, markdown_table
 
 logger = logging.getLogger(__name__)
 
-HEAD_KEYS = ("head", "dense_optimizer", "sparse_optimizer", "lr_scheduler")  # taken from a head file's model block
+# taken from a head file's model block: the head, its optimizers and how its checkpoint is chosen
+# (eval_index / eval_beam: a tree head validated by its own beam); test is scored the same for every head
+HEAD_KEYS = ("head", "dense_optimizer", "sparse_optimizer", "lr_scheduler", "eval_index", "eval_beam")
 # the validation grid of each baseline's main settings (the product of the lists)
 BASELINE_GRIDS = {
     "ease": {"lambda_": [50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0]},
