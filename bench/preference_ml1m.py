@@ -6,7 +6,9 @@ against the not-to-recommend and BPR losses on the same pairs, with the collapse
 
 The reference is `configs/ml-1m/base.yaml` + `inbatch.yaml` trained as shipped (best validation
 epoch kept). Every stage is `configs/ml-1m/preference.yaml` with one change (rows below), started
-from that checkpoint, trained for at most the shipped one epoch and validated every quarter epoch
+from that checkpoint (every stage but 'no rating correction' with the shipped explicit-rating
+correction, `TwoTowerModule.rating_grid`: an ALS rating model fitted when the stage starts, its
+weight chosen at each validation), trained for at most the shipped one epoch and validated every quarter epoch
 (the diagnostics over training); with four validations, base.yaml's early stopping (patience 2 on
 validation NDCG@10) ends a stage whose NDCG@10 fell twice, after 3/4 of the epoch (column steps).
 Data: the protocol's positives (ratings >= 3, 10-core, per-user
@@ -33,16 +35,20 @@ REPO = Path(__file__).resolve().parents[1]
 H = "model.head.init_args."
 # name -> (group, overrides of configs/ml-1m/preference.yaml); "default" is the shipped file
 VARIANTS = {
-    "default": ("shipped: DPO beta 0.5, alpha 1, mixed, masks on", {}),
-    "nll only": ("control", {H + "objective": "nll"}),
-    "beta 0.1": ("beta (alpha 1)", {H + "beta": 0.1}),
+    "default": ("shipped: DPO beta 0.1, alpha 1, mixed, masks on, rating correction", {}),
+    "nll only": ("control: the reference + the rating correction", {H + "objective": "nll"}),
+    "no rating correction": ("rating correction off (the DPO stage alone)",
+                             {"model.rating_grid": "null", "model.query_tower.init_args.rating_dim": 0,
+                              "model.item_tower.init_args.rating_dim": 0}),
+    "beta 0.5": ("beta (alpha 1)", {H + "beta": 0.5}),
     "beta 1": ("beta (alpha 1)", {H + "beta": 1.0}),
     "pure DPO beta 0.1": ("alpha 0", {H + "alpha": 0.0, H + "beta": 0.1}),
-    "pure DPO beta 0.5": ("alpha 0", {H + "alpha": 0.0}),
+    "pure DPO beta 0.5": ("alpha 0", {H + "alpha": 0.0, H + "beta": 0.5}),
     "pure DPO beta 1": ("alpha 0", {H + "alpha": 0.0, H + "beta": 1.0}),
     "DPO-positive beta 0.1": ("DPO-positive (alpha 0, lambda 1)", {H + "alpha": 0.0, H + "dpo_positive": 1.0,
                                                                   H + "beta": 0.1}),
-    "DPO-positive beta 0.5": ("DPO-positive (alpha 0, lambda 1)", {H + "alpha": 0.0, H + "dpo_positive": 1.0}),
+    "DPO-positive beta 0.5": ("DPO-positive (alpha 0, lambda 1)", {H + "alpha": 0.0, H + "dpo_positive": 1.0,
+                                                                  H + "beta": 0.5}),
     "DPO-positive beta 1": ("DPO-positive (alpha 0, lambda 1)", {H + "alpha": 0.0, H + "dpo_positive": 1.0,
                                                                 H + "beta": 1.0}),
     "explicit only": ("rejected items", {H + "rejected": "explicit"}),
@@ -52,7 +58,7 @@ VARIANTS = {
     "BPR": ("baselines (alpha 1, same pairs)", {H + "objective": "bpr"}),
     "BPR explicit": ("baselines (alpha 1, same pairs)", {H + "objective": "bpr", H + "rejected": "explicit"}),
 }
-QUICK_VARIANTS = ("default", "nll only", "pure DPO beta 0.5", "BPR")
+QUICK_VARIANTS = ("default", "nll only", "no rating correction", "pure DPO beta 0.5", "BPR")
 DPO = [n for n, (_, o) in VARIANTS.items() if o.get(H + "objective", "dpo") == "dpo"]
 COLS = ["ndcg@10", "recall@10", "disliked@10", "coverage@10", "chosen_margin", "chosen_logp_margin", "kl_top100",
         "repetition@10"]
@@ -180,7 +186,7 @@ def _plots(runs: dict, ref: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    groups = [("default", "alpha 1 (shipped)"), ("pure DPO beta 0.5", "pure DPO (alpha 0)"),
+    groups = [("beta 0.5", "alpha 1"), ("pure DPO beta 0.5", "pure DPO (alpha 0)"),
               ("DPO-positive beta 0.5", "DPO-positive (alpha 0, lambda 1)"), ("nll only", "NLL only")]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for name, label in groups:
@@ -289,7 +295,7 @@ def main(argv=None) -> None:
               note="chosen_margin / chosen_logp_margin: mean s(u,w) - s_ref(u,w) and log p(w|u) - log p_ref(w|u) "
                    "over held-out items rated >= 4; kl_top100: KL(p || p_ref) renormalised over the model's top "
                    "100; repetition@10: share of users whose top-10 is the most common top-10.")
-    for name in ("default", "pure DPO beta 0.5", "DPO-positive beta 0.5"):
+    for name in ("default", "beta 0.5", "pure DPO beta 0.5", "DPO-positive beta 0.5"):
         r = runs.get(name)
         if r and "error" not in r:
             rep.table(f"Validation over training: {name}", r["points"],
@@ -320,7 +326,7 @@ def main(argv=None) -> None:
     pure = [n for n in ok if n.startswith("pure DPO")]
     fail = [n for n in pure if ok[n]["test"]["ndcg@10"] < 0.99 * rt["ndcg@10"]
             or ok[n]["test"]["chosen_logp_margin"] < 0 or ok[n]["test"]["repetition@10"] > 2 * rt["repetition@10"]]
-    same_beta = {"0.1": ("beta 0.1", "DPO-positive beta 0.1"), "0.5": ("default", "DPO-positive beta 0.5"),
+    same_beta = {"0.1": ("default", "DPO-positive beta 0.1"), "0.5": ("beta 0.5", "DPO-positive beta 0.5"),
                  "1": ("beta 1", "DPO-positive beta 1")}
     cured = [n for n in fail if any(m in ok and ok[m]["test"]["ndcg@10"] >= 0.99 * rt["ndcg@10"]
                                     for m in same_beta[n.rsplit(" ", 1)[1]])]

@@ -284,6 +284,10 @@ def test_shipped_preference_config_trains_on_ml100k_from_a_fit_checkpoint(tmp_pa
     model, dm, _ = load_checkpoint(next((tmp_path / "stage").rglob("last.ckpt")), data_root=root)
     assert model.reference is not None and bool(model.reference.loaded)
     assert dm.data.dislikes is not None
+    # the shipped rating correction: ALS factors fitted at the stage's start, restored from the checkpoint
+    assert model.query_tower.rating_dim == 32 and float(model.query_tower.rating_user.abs().sum()) > 0
+    assert float(model.item_tower.rating_item.abs().sum()) > 0
+    assert float(model.query_tower.rating_weight) >= 0.0
 
 
 def test_batches_carry_ratings_and_the_chosen_filter_keeps_liked_pairs_only():

@@ -171,6 +171,17 @@ class RecData:
         rows = np.repeat(np.arange(self.n_users), np.diff(self.train.indptr))
         return np.asarray(self.ratings[rows, self.train.indices.astype(np.int64)], dtype=np.float32).ravel()
 
+    def train_rating_matrix(self, need: str = "rating factors") -> sp.csr_matrix:
+        """(U, N) float32 CSR: the explicit rating of every train pair, the positives' and the
+        train dislikes' (``dislikes["train"]``), nothing held out. Needs ``ratings`` and
+        ``dislikes`` (``with_ratings``); ``need`` names the setting that asked, in the error."""
+        self.train_ratings(need)  # the error naming the fix when the data keeps no ratings
+        pattern = binary_csr(self.train + self.dislikes["train"])  # (U, N) train pairs
+        m = pattern.copy()
+        rows = np.repeat(np.arange(self.n_users), np.diff(pattern.indptr))
+        m.data = np.asarray(self.ratings[rows, pattern.indices.astype(np.int64)], dtype=np.float32).ravel()
+        return m
+
     def chosen(self, min_rating: float) -> sp.csr_matrix:
         """(U, N) binary: the train positives rated >= ``min_rating`` (the chosen items of a
         preference stage). Needs ``ratings`` (``with_ratings``)."""

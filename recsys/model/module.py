@@ -20,6 +20,7 @@ from recsys.model.heads.base import Head, KnownPositives
 from recsys.model.heads.inbatch import InBatchSoftmax
 from recsys.model.optim import MultiOptimizer, SparseAdam
 from recsys.model.preference import Reference, collapse_diagnostics, reference_state
+from recsys.model.rating import fit_rating_mf
 from recsys.model.towers import ItemTower, QueryTower
 from recsys.schema import Schema
 
@@ -90,6 +91,20 @@ class TwoTowerModule(L.LightningModule):
             reference (``recsys.model.preference.Reference``, saved in this model's
             checkpoints, so they evaluate without the file). Validation then also logs the
             collapse diagnostics (``collapse_diagnostics``, ``repetition@10``).
+        rating_grid: the explicit-rating correction at retrieval (towers with ``rating_dim`` k >
+            0; off when None): when fitting starts, a biased MF of the train ratings (the
+            positives' and the train dislikes', ``RecData.train_rating_matrix``) is fitted by
+            ALS (``recsys.model.rating.fit_rating_mf``, k factors, ``rating_reg``,
+            ``rating_sweeps``) into the towers' rating buffers, and retrieval ranks by
+            ``logit + g * (p_u . q_i + b_i)``: the predicted rating, in rating units per logit
+            unit. Training is unchanged. Each validation scores every g of the grid (and 0),
+            and keeps the one with the lowest ``disliked@k`` (smallest k) whose NDCG@k is at
+            least (1 - ``rating_tolerance``) of g = 0's: the share of explicit dislikes among
+            the top-k cut as far as the NDCG budget allows. Stored in the checkpoint
+            (``QueryTower.rating_weight`` = g * T), so test, ``evaluate``, ``export`` and
+            ``recommend`` serve it. Needs data with ratings (``data.dislike_threshold``).
+        rating_tolerance: the relative validation NDCG@k the rating correction may cost.
+        rating_reg, rating_sweeps: the ALS ridge weight per rating and sweeps.
         reference_optimizer: also start the optimizer from the reference checkpoint's state (its
             Adam moments), with this config's learning rates: a fresh Adam's first steps move
             every coordinate by about lr whatever its gradient, which on a converged model costs
@@ -113,6 +128,10 @@ class TwoTowerModule(L.LightningModule):
         prior_weight: float = 0.0,
         reference: str | None = None,
         reference_optimizer: bool = True,
+        rating_grid: list[float] | None = None,
+        rating_tolerance: float = 0.01,
+        rating_reg: float = 0.05,
+        rating_sweeps: int = 10,
     ):
         super().__init__()
         if schema is None:
@@ -124,12 +143,23 @@ class TwoTowerModule(L.LightningModule):
         self.query_tower = query_tower(schema)
         self.item_tower = item_tower(schema)
         qt, it = self.query_tower, self.item_tower
-        if (qt.dim, qt.item_bias) != (it.dim, it.item_bias):
+        if (qt.dim, qt.item_bias, qt.rating_dim) != (it.dim, it.item_bias, it.rating_dim):
             raise ConfigError(
-                f"query tower dim={qt.dim}, item_bias={qt.item_bias} != item tower dim={it.dim}, "
-                f"item_bias={it.item_bias}: the score is their inner product, so both must output "
-                "the same D (+ 1 for the item bias). Fix: set the same dim and item_bias in both towers."
+                f"query tower dim={qt.dim}, item_bias={qt.item_bias}, rating_dim={qt.rating_dim} != item tower "
+                f"dim={it.dim}, item_bias={it.item_bias}, rating_dim={it.rating_dim}: the score is their inner "
+                "product, so both must output the same D (+ 1 for the item bias, + k + 1 for the rating factors). "
+                "Fix: set the same dim, item_bias and rating_dim in both towers."
             )
+        bad_tolerance = rating_grid is not None and not 0 <= rating_tolerance < 1
+        if (rating_grid is not None) != bool(qt.rating_dim) or bad_tolerance:
+            raise ConfigError(
+                f"rating_grid={rating_grid} with rating_dim={qt.rating_dim}, rating_tolerance={rating_tolerance}: "
+                "the rating correction needs both, the grid of weights and the towers' rating factors, and a "
+                "tolerance in [0, 1). Fix: e.g. rating_grid: [0.5, 0.75, 1.0] with rating_dim: 32 on both towers "
+                "and rating_tolerance: 0.01, or rating_grid: null and rating_dim: 0."
+            )
+        self.rating_grid = None if rating_grid is None else sorted({0.0, *(float(g) for g in rating_grid)})
+        self.rating_tolerance, self.rating_reg, self.rating_sweeps = rating_tolerance, rating_reg, rating_sweeps
         self.head = head if head is not None else InBatchSoftmax()
         check_head_sizes(self.head, schema.n_items)
         needs = bool(getattr(self.head, "needs_reference", False))
@@ -145,7 +175,7 @@ class TwoTowerModule(L.LightningModule):
         self._reference_optim_state: list | None = None
         self.reference = None
         if reference is not None:  # filled from the file when fitting starts (load_reference)
-            self.reference = Reference(query_tower(schema), schema.n_items, it.dim + int(it.item_bias))
+            self.reference = Reference(query_tower(schema), schema.n_items, it.out_dim)
         self.dense_optimizer = dense_optimizer or _adam
         self.sparse_optimizer = sparse_optimizer or _sparse_adam
         self.lr_scheduler = lr_scheduler
@@ -195,7 +225,19 @@ class TwoTowerModule(L.LightningModule):
         if dm is not None:
             if stage == "fit" and self.reference is not None:
                 self.load_reference(dm)
+            if stage == "fit" and self.rating_grid is not None:
+                self.fit_rating(dm.data)
             self.bind(dm.data)
+
+    @torch.no_grad()
+    def fit_rating(self, data) -> None:
+        """Fit the explicit-rating factors of the towers (``rating_grid``) on ``data``'s train
+        ratings; the weight stays as it is until a validation chooses one. A resumed fit then
+        restores its own (Lightning loads the checkpoint after ``setup``)."""
+        f = fit_rating_mf(data.train_rating_matrix("rating_grid"), self.query_tower.rating_dim, self.rating_reg,
+                          self.rating_sweeps)
+        self.query_tower.rating_user.copy_(torch.from_numpy(f.user))  # (U, k)
+        self.item_tower.rating_item.copy_(torch.from_numpy(np.hstack([f.item, f.item_bias[:, None]])))  # (N, k + 1)
 
     @torch.no_grad()
     def load_reference(self, datamodule) -> None:
@@ -208,6 +250,9 @@ class TwoTowerModule(L.LightningModule):
         self._reference_optim_state = optim if self.reference_optimizer else None
         for name, tower in (("query_tower", self.query_tower), ("item_tower", self.item_tower)):
             part = {k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")}
+            for key in ("rating_user", "rating_item", "rating_weight"):  # the stage's own (fit_rating)
+                if key in tower.state_dict() and key not in part:
+                    part[key] = tower.state_dict()[key]
             try:
                 tower.load_state_dict(part, strict=True)
             except RuntimeError as e:
@@ -361,12 +406,17 @@ class TwoTowerModule(L.LightningModule):
         if self.reference is not None:  # (Q, 2D): the policy's then the reference's embeddings
             xq_np, xq_ref = np.split(xq_np, 2, axis=1)
         choose = split == "valid" and self.prior_grid is not None  # choose the prior on validation
-        res, w = self.score_queries(users_np, xq_np, self.trainer.datamodule.data, split, choose)
-        key = f"ndcg@{min(self.eval_ks)}"
+        data = self.trainer.datamodule.data
+        if split == "valid" and self.rating_grid is not None:  # choose the rating weight (and prior per weight)
+            g, xq_np, res, w = self.choose_rating(users_np, xq_np, data, split, choose, xq_ref)
+            self.query_tower.rating_weight.fill_(g * float(self.head.temperature()))
+            self.log(f"{prefix}/rating_weight", g, sync_dist=True)
+        else:
+            res, w = self.score_queries(users_np, xq_np, data, split, choose)
         if choose:
             self.prior_weight.fill_(w)
             self.log(f"{prefix}/prior_weight", w, sync_dist=True)
-        main = f"{prefix}/{key}"
+        main = f"{prefix}/ndcg@{min(self.eval_ks)}"
         vals = {f"{prefix}/{k}": v for k, v in res.metrics.items()
                 if isinstance(v, float) and math.isfinite(v)}
         diag = {} if xq_ref is None else self.preference_diagnostics(self.trainer.datamodule, split, res.I,
@@ -376,18 +426,56 @@ class TwoTowerModule(L.LightningModule):
         self.log_dict(vals, sync_dist=True)
         self.last_eval = {**res.metrics, **diag}
 
+    def with_rating(self, users: np.ndarray, xq: np.ndarray, g: float) -> np.ndarray:
+        """``xq`` (Q, out_dim) of known ``users`` (Q,) with the rating block at weight g (logit
+        units): [g T p_u, g T] in its last k + 1 coordinates."""
+        k, gt = self.query_tower.rating_dim, g * float(self.head.temperature())
+        out = np.array(xq, dtype=np.float32, copy=True)
+        out[:, -k - 1:-1] = gt * self.query_tower.rating_user[torch.as_tensor(users)].float().cpu().numpy()
+        out[:, -1] = gt
+        return out
+
+    @torch.no_grad()
+    def choose_rating(self, users: np.ndarray, xq: np.ndarray, data, split: str, choose_prior: bool,
+                      xq_ref: np.ndarray | None = None) -> tuple[float, np.ndarray, EvalResult, float | None]:
+        """The rating weight g of ``rating_grid`` (0 included) with the lowest disliked@k (smallest
+        k; the first of ties) among those whose NDCG@k is at least (1 - ``rating_tolerance``) of
+        the baseline's: g = 0's, or with the reference's queries ``xq_ref`` (a preference
+        stage) the reference's own (its item embeddings, the prior chosen the same way), so
+        that the stage and the correction together cost at most the tolerance. Each g is scored
+        with its own prior choice; when none reaches the floor, the g of the best NDCG@k.
+        Returns g, the queries at g, the result and the prior weight."""
+        k = min(self.eval_ks)
+        runs = []
+        for g in self.rating_grid:
+            xq_g = self.with_rating(users, xq, g)
+            res, w = self.score_queries(users, xq_g, data, split, choose_prior)
+            runs.append((g, xq_g, res, w))
+        if f"disliked@{k}" not in runs[0][2].metrics:
+            raise ConfigError(f"rating_grid needs disliked@{k} on {split}, which needs the data's held-out dislikes. "
+                              "Fix: set data.dislike_threshold (e.g. 2), or rating_grid: null.")
+        base = runs[0][2]  # g = 0
+        if xq_ref is not None:
+            base, _ = self.score_queries(users, xq_ref, data, split, choose_prior, items=self.reference.items)
+        floor = (1.0 - self.rating_tolerance) * base.metrics[f"ndcg@{k}"]
+        ok = [r for r in runs if r[2].metrics[f"ndcg@{k}"] >= floor]
+        if not ok:
+            return max(runs, key=lambda r: r[2].metrics[f"ndcg@{k}"])
+        return min(ok, key=lambda r: r[2].metrics[f"disliked@{k}"])
+
     @torch.no_grad()
     def score_queries(self, users: np.ndarray, xq: np.ndarray, data, split: str,
-                      choose_prior: bool = False) -> tuple[EvalResult, float | None]:
+                      choose_prior: bool = False, items: torch.Tensor | None = None) -> tuple[EvalResult, float | None]:
         """Full-catalogue metrics on ``split`` of the query embeddings ``xq`` (Q, D) of
-        ``users`` (Q,) against the item tower, seen items excluded (``eval_index``, ``eval_ks``).
+        ``users`` (Q,) against the item tower (or the given ``items`` (N, D), e.g. the
+        reference's), seen items excluded (``eval_index``, ``eval_ks``).
 
         ``choose_prior`` (with ``prior_grid``): every weight of the grid, the best on
         NDCG@min(eval_ks), the first of ties (the exact index scores once for the whole grid,
         ``evaluate_grid``; any other scores each weight). Otherwise the served weight. Returns
         the result and the weight used; nothing is stored (the caller keeps the weight).
         """
-        xb = self.item_tower.embed_all().float()  # (N, D), once for every prior weight
+        xb = (self.item_tower.embed_all() if items is None else items).float()  # (N, D), once for every prior weight
         ks = tuple(self.eval_ks)
         if choose_prior and self.prior_grid is not None and self.eval_index == "exact":
             bias = self._prior_bias().float().cpu().numpy()  # (N,) added at weight w as w * bias

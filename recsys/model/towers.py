@@ -57,6 +57,17 @@ class _Tower(nn.Module):
             nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
 
+    def _rating_block(self, k: int, rows: int, cols: int, name: str) -> None:
+        """Register the (rows, cols) explicit-rating factor buffer ``name`` of ``rating_dim`` k:
+        k + 1 more output coordinates."""
+        if k < 0:
+            raise ConfigError(f"{type(self).__name__} rating_dim={k}: need >= 0 (0: no rating factors). Fix: e.g. "
+                              "rating_dim: 32 on both towers, or 0.")
+        self.rating_dim = k
+        if k:
+            self.register_buffer(name, torch.zeros(rows, cols))
+            self.out_dim += k + 1
+
     def _init(self, m: nn.Module) -> None:
         for mod in m.modules():
             if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)):
@@ -145,6 +156,14 @@ class QueryTower(_Tower):
             no train interaction (held-out users, ``recommend --history``) and, in training,
             in place of a user's own id with this probability (id dropout). 0: such users get
             a zero id part (their history and features describe them).
+        rating_dim: k > 0 appends the explicit-rating factors of ``recsys.model.rating`` after
+            the output (and its bias coordinate): [w p_u, w] (k + 1 coordinates) against the
+            item tower's [q_i, b_i], so the score gains w * (p_u . q_i + b_i), the ranking part
+            of a biased MF of the user's ratings. p_u and w are buffers, not parameters: the
+            preference stage fits the factors (``fit_rating_mf``) and chooses w on validation
+            (``TwoTowerModule.rating_grid``); in training the block is zero, so the losses see
+            the retrieval towers alone. Users unseen in training get p_u = 0 (the item part
+            b_i still applies). Set the same k on both towers.
 
     A user unseen in training has ``user`` = -1 (or no train row): the id part is the unknown
     row / zero; categorical and numeric features missing from the batch contribute zero.
@@ -155,7 +174,7 @@ class QueryTower(_Tower):
                  residual: bool = False, part_norm: bool = False, bag_dropout: float = 0.0,
                  bag_weights: bool = False, normalize: bool = False, sparse: bool = True,
                  init_std: float = 0.05, item_bias: bool = False, unknown_id_rate: float = 0.0,
-                 bag_values: bool = False, bag_norm: str = "l1"):
+                 bag_values: bool = False, bag_norm: str = "l1", rating_dim: int = 0):
         use_numeric = use_features and schema.user_numeric_dim > 0
         use_features = use_features and bool(schema.user_feature_cards)
         _check_rate("QueryTower", unknown_id_rate)
@@ -192,6 +211,9 @@ class QueryTower(_Tower):
         self._init(self)
         if self.bag_logw is not None:
             nn.init.zeros_(self.bag_logw.weight)  # every weight exp(0) = 1: the plain mean
+        self._rating_block(rating_dim, schema.n_users, rating_dim, "rating_user")  # (U, k) p_u
+        if rating_dim:
+            self.register_buffer("rating_weight", torch.zeros(()))  # w, chosen on validation
 
     def forward(self, batch: dict) -> torch.Tensor:
         """``batch``: user (B,) (-1: unseen), bag (B, H) padded with bag_size, user_feats (B, K),
@@ -238,7 +260,19 @@ class QueryTower(_Tower):
         x = self.combine(parts)  # (B, D)
         if self.item_bias:
             x = torch.cat([x, x.new_ones(len(x), 1)], dim=-1)  # (B, D + 1): q . v + b_j
+        if self.rating_dim:
+            x = torch.cat([x, self._rating_part(batch.get("user"), len(x)).to(x)], dim=-1)  # (B, out_dim)
         return x
+
+    def _rating_part(self, user: torch.Tensor | None, B: int) -> torch.Tensor:
+        """(B, k + 1) [w p_u, w]: zero in training, p_u = 0 for users unseen in training."""
+        w = 0.0 if self.training else self.rating_weight
+        out = self.rating_user.new_zeros(B, self.rating_dim + 1)
+        out[:, -1] = w
+        if user is not None:
+            known = (user >= 0) & (user < self.n_users)  # (B,)
+            out[:, :-1] = w * self.rating_user[user.clamp(0, self.n_users - 1)] * known[:, None]
+        return out
 
     def _pool_norm(self, pooled: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """(B, D) weighted sum ``pooled`` of a bag with weights ``w`` (B, H) over the bag's
@@ -268,6 +302,9 @@ class ItemTower(_Tower):
             in place of an item's own id with this probability (id dropout; DropoutNet,
             Volkovs et al., NeurIPS 2017). 0: such items get a zero id part, their features
             alone describe them.
+        rating_dim: k > 0 appends the item's explicit-rating factors [q_i, b_i] (buffers, set
+            by the preference stage; zero for new items), the counterpart of
+            ``QueryTower(rating_dim=k)``.
         item_bias: append a learned per-item bias b_j (zero-initialised) to the output
             (D + 1), so that the score is q . v_j + b_j, still one inner product (FAISS and
             the exact retriever need no change) with ``QueryTower(item_bias=True)``. With
@@ -278,7 +315,8 @@ class ItemTower(_Tower):
     def __init__(self, schema: Schema, dim: int = 64, use_features: bool = True,
                  hidden: list[int] | None = None, dropout: float = 0.0, part_norm: bool = False,
                  normalize: bool = False, sparse: bool = True, init_std: float = 0.05,
-                 item_bias: bool = False, use_id: bool = True, unknown_id_rate: float = 0.0):
+                 item_bias: bool = False, use_id: bool = True, unknown_id_rate: float = 0.0,
+                 rating_dim: int = 0):
         use_numeric = use_features and schema.item_numeric is not None
         use_features = use_features and schema.item_feature_index is not None
         _check_rate("ItemTower", unknown_id_rate)
@@ -303,6 +341,7 @@ class ItemTower(_Tower):
         self._init(self)
         if self.bias_emb is not None:
             nn.init.zeros_(self.bias_emb.weight)
+        self._rating_block(rating_dim, schema.n_items, rating_dim + 1, "rating_item")  # (N, k + 1) [q_i, b_i]
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -321,6 +360,9 @@ class ItemTower(_Tower):
         x = self.combine(parts)  # (C, D)
         if self.bias_emb is not None:
             x = torch.cat([x, bias], dim=-1)  # (C, D + 1)
+        if self.rating_dim:  # (C, k + 1) [q_i, b_i]; zero for new items
+            r = self.rating_item[ids] if new is None else self.rating_item[ids] * (~new).unsqueeze(-1)
+            x = torch.cat([x, r.to(x)], dim=-1)  # (C, out_dim)
         return x
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
