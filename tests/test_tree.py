@@ -198,6 +198,69 @@ def test_known_positive_mask_changes_the_leaf_softmax():
     assert float(m.logs["accidental_hit_rate"]) > 0 and float(m.loss.detach()) < float(a.loss.detach())
 
 
+NL = 40  # items of the leaf-sampling tests: 8 x 8 slots, 5 items per parent
+
+
+def _leaf_samples_head(S, K=8):
+    torch.manual_seed(0)
+    train = sp.random(U, NL, density=0.4, random_state=0, format="csr")
+    train.data[:] = 1
+    schema = Schema(n_users=U, n_items=NL, bag_size=NL, item_counts=np.asarray(train.sum(0)).ravel())
+    head = TreeSoftmax(branching=K, levels=2, dim=D, temperature=0.5, codes_from="random", leaf_samples=S).double()
+    head.bind(schema, KnownPositives(train))
+    torch.manual_seed(0)
+    return head, ItemTower(schema, dim=D, use_features=False, sparse=False).double()
+
+
+def test_leaf_samples_draw_live_siblings_only_and_correct_by_the_inclusion_probability():
+    """S = 2 of K = 8 leaves (40 items on 8 x 8 slots, 5 per parent): every draw is a live sibling other than the
+    positive, the item tower embeds B (1 + S) leaves, and each negative's logit is its score / T
+    plus log(n / S), n the positive's live siblings; S >= K - 1 is the exact tree softmax."""
+    head, items = _leaf_samples_head(S=2)
+    exact, _ = _leaf_samples_head(S=7)
+    assert exact.leaf_samples == 0  # every sibling: nothing to sample
+    exact.load_state_dict(head.state_dict())
+    q = torch.randn(6, D, dtype=torch.float64)
+    it = torch.tensor([0, 3, 5, 17, 29, 39])
+    batch = {"user": torch.arange(6) % U, "item": it}
+    tower = _CountingTower(items)
+    out = head(q, batch, tower)
+    assert tower.sizes[-1] == 6 * 3
+    with torch.no_grad():
+        T, v, tree = 0.5, items(torch.arange(NL)), head.tree
+        torch.manual_seed(1)
+        drawn = [head._sampled_leaves(q, torch.from_numpy(tree.slot_item).view(-1, 8)[torch.from_numpy(
+            tree.codes[it.numpy(), 0])], torch.from_numpy(~tree.occupied[1]).view(-1, 8)[torch.from_numpy(
+                tree.codes[it.numpy(), 0])], torch.from_numpy(tree.codes[it.numpy(), 1]), batch["user"], it, items, T)
+            for _ in range(20)]
+    for logits, ids, _ in drawn:
+        assert (ids[:, 0] == it).all()
+        for b in range(6):
+            sibs = tree.slot_item[tree.codes[it[b], 0] * 8 + np.arange(8)]
+            live = set(sibs[sibs >= 0].tolist()) - {int(it[b])}
+            got = ids[b, 1:].tolist()
+            assert set(got) - {-1} <= live and len(set(got) - {-1}) == min(2, len(live))  # empty slots drawn last
+            assert all(not torch.isfinite(logits[b, 1 + j]) for j, i in enumerate(got) if i < 0)  # and masked
+            n = len(live)
+            want = (q[b] @ v[ids[b, 1:]].T) / T + np.log(n / 2) if n > 2 else None
+            if want is not None:
+                torch.testing.assert_close(logits[b, 1:], want)
+                torch.testing.assert_close(logits[b, 0], q[b] @ v[it[b]] / T)
+    # the correction changes the loss: without it the sampled partition is smaller
+    with torch.no_grad():
+        lg = drawn[0][0]
+        raw = lg.clone()
+        for b in range(6):
+            sibs = tree.slot_item[tree.codes[it[b], 0] * 8 + np.arange(8)]
+            n = int((sibs >= 0).sum()) - 1
+            raw[b, 1:] -= np.log(max(n, 2) / 2)
+        assert float(torch.nn.functional.cross_entropy(raw, torch.zeros(6, dtype=torch.long))) < float(
+            torch.nn.functional.cross_entropy(lg, torch.zeros(6, dtype=torch.long)))
+    assert torch.isfinite(out.loss) and float(exact(q, batch, items).loss) > 0
+    with pytest.raises(ConfigError, match="leaf_samples"):
+        TreeSoftmax(leaf_samples=-1)
+
+
 def test_tree_state_round_trips_and_sizes_are_checked():
     head, _, _ = _setup()
     sd = head.state_dict()

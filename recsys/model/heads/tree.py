@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.errors import ConfigError
+from recsys.model.corrections import corrected_logits
 from recsys.model.heads.base import Head, HeadOutput, LazyLogs, head_logs
 from recsys.retrieval.tree import BeamIndex, ItemTree
 
@@ -58,11 +59,20 @@ class TreeSoftmax(Head):
         mask_known_positives: at the leaf level, drop the user's other train items from the
             softmax over the siblings (as the flat heads do over the catalogue).
         seed: seed of the tree construction.
+        leaf_samples: S > 0 trains the leaf level as a sampled softmax over the positive and S
+            of its live siblings drawn uniformly without replacement, each negative's logit
+            corrected by -log q with q = S / (its live siblings but the positive), so that
+            the sampled partition estimates the full one (Bengio & Senecal, IEEE TNN 2008;
+            Jean et al., ACL 2015, "On Using Very Large Target Vocabulary for Neural Machine
+            Translation"; through ``corrected_logits``). The item tower then runs on B (1 + S)
+            leaves a step instead of B K: the leaf level is the one whose rows are items, so
+            with K ~ 100 it is most of a step's cost. 0 (or S >= K - 1): every sibling, the
+            exact tree softmax. Known positives are masked among the drawn siblings.
     """
 
     def __init__(self, branching: int = 64, levels: int = 2, dim: int = 65, temperature: float = 1.0,
                  learn_temperature: bool = False, codes_from: str = "cooccurrence", svd_dim: int = 64,
-                 mask_known_positives: bool = False, seed: int = 0, beam_train: int = 0):
+                 mask_known_positives: bool = False, seed: int = 0, beam_train: int = 0, leaf_samples: int = 0):
         super().__init__(temperature, learn_temperature)
         if branching < 2 or levels < 1 or dim < 1:
             raise ConfigError(f"TreeSoftmax branching={branching}, levels={levels}, dim={dim}: need branching >= 2, "
@@ -70,7 +80,11 @@ class TreeSoftmax(Head):
         if beam_train:
             raise ConfigError(f"TreeSoftmax beam_train={beam_train}: beam-aware training is not implemented; "
                               "the head trains with teacher forcing. Fix: leave beam_train at 0.")
+        if leaf_samples < 0:
+            raise ConfigError(f"TreeSoftmax leaf_samples={leaf_samples}: need >= 0 (0: every sibling at the leaf "
+                              "level). Fix: e.g. leaf_samples: 16, or 0.")
         self.K, self.L, self.dim = int(branching), int(levels), int(dim)
+        self.leaf_samples = int(leaf_samples) if 0 < leaf_samples < self.K - 1 else 0
         self.codes_from, self.svd_dim, self.seed = codes_from, svd_dim, seed
         self.mask_known_positives = mask_known_positives
         self.node_emb = nn.ModuleList(nn.Embedding(self.K ** (lv + 1), self.dim) for lv in range(self.L - 1))
@@ -150,8 +164,18 @@ class TreeSoftmax(Head):
         masked, live = 0.0, 0.0  # per example: known positives masked, competing siblings
         for lv in range(self.L):
             child = self._children(prefix)  # (B, K)
-            if lv < self.L - 1:
+            dead = ~t["occupied"][lv][child]  # (B, K) empty children
+            target = codes[:, lv]  # (B,) the positive's child
+            if lv == 0 and lv < self.L - 1:  # every example has the root's K children: one (B, D) x (D, K) product
+                logits = q @ self.node_emb[0].weight.T / T  # (B, K)
+            elif lv < self.L - 1:
                 e = self.node_emb[lv](child)  # (B, K, D)
+                logits = torch.einsum("bd,bkd->bk", q, e) / T  # (B, K)
+            elif self.leaf_samples:
+                logits, _, other = self._sampled_leaves(q, t["slot_item"][child], dead, target, users, items,
+                                                           item_tower, T)
+                dead, target = ~torch.isfinite(logits), torch.zeros_like(target)  # the positive in column 0
+                masked = float(other.float().sum(1).mean())
             else:  # the leaves are items: the item tower's embeddings
                 leaf = t["slot_item"][child]  # (B, K) -1 where empty
                 # examples under one parent share its K leaves: when at most half of the B x K leaves are
@@ -159,25 +183,49 @@ class TreeSoftmax(Head):
                 ids = leaf.clamp_min(0)  # (B, K)
                 uniq, inv = torch.unique(ids, return_inverse=True)  # (M,), (B, K)
                 e = item_tower(uniq)[inv] if 2 * len(uniq) <= ids.numel() else item_tower(ids)  # (B, K, D)
-            logits = torch.einsum("bd,bkd->bk", q, e) / T  # (B, K)
-            dead = ~t["occupied"][lv][child]  # (B, K) empty children
-            if lv == self.L - 1 and self.mask_known_positives and self.known is not None:
-                known = self.known.contains(users.cpu(), leaf.clamp_min(0).cpu()).to(q.device)  # (B, K)
-                other = known & (leaf != items[:, None])
-                dead = dead | (other & (leaf >= 0))
-                masked = float(other.float().sum(1).mean())
+                logits = torch.einsum("bd,bkd->bk", q, e) / T  # (B, K)
+                if self.mask_known_positives and self.known is not None:
+                    known = self.known.contains(users.cpu(), leaf.clamp_min(0).cpu()).to(q.device)  # (B, K)
+                    other = known & (leaf != items[:, None])
+                    dead = dead | (other & (leaf >= 0))
+                    masked = float(other.float().sum(1).mean())
             logits = logits.masked_fill(dead, float("-inf"))
             live += float((~dead).sum(1).float().mean()) - 1.0
-            loss = loss + F.cross_entropy(logits, codes[:, lv])
+            loss = loss + F.cross_entropy(logits, target)
             prefix = child.gather(1, codes[:, lv:lv + 1]).squeeze(1)
+        pos_col = target[:, None]  # (B, 1) the positive's column at the leaf level
 
         def logs() -> dict:  # the leaf level's positive and sibling logits (the two-tower scores / T)
-            pos = logits.gather(1, codes[:, -1:]).squeeze(1)
-            other = torch.ones_like(logits, dtype=torch.bool).scatter_(1, codes[:, -1:], False) & torch.isfinite(logits)
+            pos = logits.gather(1, pos_col).squeeze(1)
+            other = torch.ones_like(logits, dtype=torch.bool).scatter_(1, pos_col, False) & torch.isfinite(logits)
             neg = logits.masked_select(other).mean() if other.any() else logits.new_tensor(float("nan"))
-            return head_logs(T, pos.mean() * T, neg * T, masked / max(self.K - 1, 1), live, tree_loss=loss.detach())
+            return head_logs(T, pos.mean() * T, neg * T, masked / max((self.leaf_samples or self.K) - 1, 1), live,
+                             tree_loss=loss.detach())
 
         return HeadOutput(loss, LazyLogs(logs))
+
+    def _sampled_leaves(self, q, leaf, dead, pos_slot, users, items, item_tower, T):
+        """The leaf level of ``leaf_samples``: (B, 1 + S) corrected logits (positive in column 0,
+        drawn empty or known siblings at -inf), the (B, 1 + S) leaf ids and the (B, S) known-positive
+        mask. ``leaf`` (B, K) the parent's leaf items (-1 empty), ``dead`` (B, K), ``pos_slot`` (B,)."""
+        B, S = len(q), self.leaf_samples
+        rows = torch.arange(B, device=q.device)
+        r = torch.rand(leaf.shape, device=q.device).masked_fill(dead, -1.0)  # (B, K) empty slots drawn last
+        r[rows, pos_slot] = -2.0  # never the positive
+        neg_slot = r.topk(S, dim=1).indices  # (B, S) uniform without replacement among the live siblings
+        drawn = leaf.gather(1, torch.cat([pos_slot[:, None], neg_slot], 1))  # (B, 1 + S) item ids
+        e = item_tower(drawn.clamp_min(0))  # (B, 1 + S, D)
+        scores = torch.einsum("bd,bsd->bs", q, e)  # (B, 1 + S)
+        hits = dead.gather(1, neg_slot) | (neg_slot == pos_slot[:, None])  # (B, S) empty draws
+        other = torch.zeros_like(hits)
+        if self.mask_known_positives and self.known is not None:
+            neg = drawn[:, 1:]
+            other = self.known.contains(users.cpu(), neg.clamp_min(0).cpu()).to(q.device) & (neg != items[:, None])
+            hits = hits | other
+        n_neg = ((~dead).sum(1) - 1).clamp_min(1).to(q.dtype)  # (B,) live siblings but the positive
+        log_q = torch.log(torch.clamp(S / n_neg, max=1.0))[:, None].expand(B, S)  # (B, S) inclusion probability
+        logits = corrected_logits(scores[:, 0], scores[:, 1:], T, log_q_neg=log_q, hits=hits)  # (B, 1 + S)
+        return logits, drawn, other
 
     # ---- retrieval -----------------------------------------------------------------------
     def level_tables(self) -> list[np.ndarray]:
