@@ -52,7 +52,7 @@ CASES = {
                         ["model.head.init_args.sampler", "'recsys.model.candidates.ZipfSampler'",
                          "Fix: use one of", "recsys.model.candidates.UniformSampler"]),
     "tower_dims": (["--model.item_tower.init_args.dim=32"], "inbatch", ConfigError,
-                   ["query tower dim=64, item_bias=False != item tower dim=32", "same D", "Fix:"]),
+                   ["query tower dim=64, item_bias=False, rating_dim=0 != item tower dim=32", "same D", "Fix:"]),
     "dataset_path_missing": (["--data.dataset=ml-100k", "--data.root=/nonexistent/recsys-data"], "inbatch",
                              DataError, ["/nonexistent/recsys-data/ml-100k", "u.data", "Fix:"]),
     "unknown_dataset": (["--data.dataset=ml-7m"], "inbatch", ConfigError, ["'ml-7m'", "valid:", "Fix:"]),

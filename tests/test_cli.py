@@ -32,7 +32,11 @@ def test_every_dataset_has_a_base_and_head_files_hold_only_the_head():
         for h in STAGES.get(ds, ()):
             cfg = yaml.safe_load((folder / f"{h}.yaml").read_text())
             assert set(cfg) <= {"trainer", "data", "model"} and "head" in cfg["model"], (ds, h)
-            assert set(cfg["model"]) <= {"head", "reference", "dense_optimizer", "lr_scheduler"}, (ds, h)
+            rating = {"rating_grid", "rating_tolerance", "rating_reg", "rating_sweeps", "query_tower", "item_tower"}
+            assert set(cfg["model"]) <= {"head", "reference", "dense_optimizer", "lr_scheduler", *rating}, (ds, h)
+            for tower in ("query_tower", "item_tower"):  # of the towers, a stage sets only the rating factors
+                assert set(cfg["model"].get(tower, {})) <= {"init_args"}, (ds, h, tower)
+                assert set(cfg["model"].get(tower, {}).get("init_args", {})) <= {"rating_dim"}, (ds, h, tower)
         for h in sorted(files - {"base", *STAGES.get(ds, ())}):
             cfg = yaml.safe_load((folder / f"{h}.yaml").read_text())
             # the head, how its checkpoint is chosen (the tree: its own beam) and at most an epoch cap

@@ -99,8 +99,9 @@ class TwoTowerModule(L.LightningModule):
             ``logit + g * (p_u . q_i + b_i)``: the predicted rating, in rating units per logit
             unit. Training is unchanged. Each validation scores every g of the grid (and 0),
             and keeps the one with the lowest ``disliked@k`` (smallest k) whose NDCG@k is at
-            least (1 - ``rating_tolerance``) of g = 0's: the share of explicit dislikes among
-            the top-k cut as far as the NDCG budget allows. Stored in the checkpoint
+            least (1 - ``rating_tolerance``) of g = 0's, or with a ``reference`` of the
+            reference's own (``choose_rating``): the share of explicit dislikes among the top-k
+            cut as far as the NDCG budget allows. Stored in the checkpoint
             (``QueryTower.rating_weight`` = g * T), so test, ``evaluate``, ``export`` and
             ``recommend`` serve it. Needs data with ratings (``data.dislike_threshold``).
         rating_tolerance: the relative validation NDCG@k the rating correction may cost.
