@@ -148,3 +148,48 @@ def test_validation_keeps_the_lowest_disliked_weight_within_the_ndcg_tolerance(t
     ok = [g for g in runs if runs[g]["ndcg@10"] >= 0.8 * runs[0.0]["ndcg@10"]]
     assert chosen == min(ok, key=lambda g: runs[g]["disliked@10"])
     assert len({round(m["disliked@10"], 6) for m in runs.values()}) > 1  # the weight changes the ranking
+
+
+def test_a_stage_fits_the_factors_and_its_diagnostics_leave_the_correction_out(tmp_path):
+    """A preference stage with the rating correction: the reference's towers load beside the
+    stage's own rating buffers, ALS fills them, and the collapse diagnostics compare the policy
+    with the reference without the retrieval-time correction, whatever its weight."""
+    import lightning as L
+
+    from recsys.model.heads import InBatchSoftmax, PreferenceHead
+    from recsys.model.module import TwoTowerModule
+    from recsys.model.preference import collapse_diagnostics
+    from recsys.model.towers import ItemTower, QueryTower
+    from tests.test_preference import _fit
+
+    torch.manual_seed(0)
+    data = _stage_data()
+    _, _, ref_path = _fit(tmp_path, "ref", InBatchSoftmax(temperature=0.1), data)
+    dm = InteractionDataModule.from_data(data, batch_size=64, max_history=10, min_rating=4)
+    model = TwoTowerModule(schema=dm.schema, head=PreferenceHead(rejected="explicit", num_rejected=2),
+                           query_tower=lambda s: QueryTower(s, dim=8, use_id=False, sparse=False, rating_dim=3),
+                           item_tower=lambda s: ItemTower(s, dim=8, sparse=False, rating_dim=3),
+                           reference=ref_path, rating_grid=[1.0, 4.0], rating_sweeps=3)
+    model.recsys_config = "model: {}\ndata: {}\n"
+    L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, num_sanity_val_steps=0).fit(model, dm)
+    assert float(model.query_tower.rating_user.abs().sum()) > 0
+    model.eval()
+    model.query_tower.rating_weight.fill_(0.0)
+    plain = model.preference_diagnostics(dm, "valid")
+    model.query_tower.rating_weight.fill_(4.0 * float(model.head.temperature()))
+    assert model.preference_diagnostics(dm, "valid") == pytest.approx(plain)  # the policy's own
+    # the served scores do move with the weight: the diagnostics of the raw queries would differ
+    from recsys.eval.evaluate import _eval_queries
+
+    users, xq = _eval_queries(model, dm, "valid")
+    _, xq_ref = users, model.reference.query_tower(next(iter(dm.eval_dataloader("valid")))).numpy()
+    truth, seen = data.truth("valid")[users], data.seen("valid")[users]
+    n = len(xq_ref)
+    raw = collapse_diagnostics(xq[:n], xq_ref, model.item_tower.embed_all().numpy(), model.reference.items.numpy(),
+                               float(model.head.temperature()), truth[:n], seen[:n])
+    strip = collapse_diagnostics(model.with_rating(users[:n], xq[:n], 0.0), xq_ref,
+                                 model.item_tower.embed_all().numpy(), model.reference.items.numpy(),
+                                 float(model.head.temperature()), truth[:n], seen[:n])
+    kl = next(k for k in raw if k.startswith("kl_top"))
+    assert raw[kl] != pytest.approx(strip[kl])

@@ -501,7 +501,10 @@ class TwoTowerModule(L.LightningModule):
         (``collapse_diagnostics``): the chosen margins on held-out chosen items (rated >=
         ``data.min_rating``, else every held-out item) and the KL to the reference over the top
         100; with the served top-k ``I`` (Q, k) of the same queries, ``repetition@10``.
-        ``queries``: (users (Q,), xq, xq_ref) already embedded (validation); else embedded here."""
+        ``queries``: (users (Q,), xq, xq_ref) already embedded (validation); else embedded here.
+        The margins and the KL are the policy's own (towers without the rating correction of
+        ``rating_grid``, which is added at retrieval and is no part of what the stage trains);
+        repetition is of the served top-k."""
         data = datamodule.data
         if queries is None:
             was = self.training
@@ -512,6 +515,8 @@ class TwoTowerModule(L.LightningModule):
             self.train(was)
         else:
             users, xq, xq_ref = queries
+        if self.rating_grid is not None:  # the policy against the reference: the retrieval-time correction left out
+            xq = self.with_rating(users, xq, 0.0)
         truth = data.truth(split)[users]
         min_rating = getattr(datamodule, "min_rating", None)
         if min_rating is not None and data.ratings is not None:
