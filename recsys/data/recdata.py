@@ -164,23 +164,25 @@ class RecData:
     def train_ratings(self, need: str = "min_rating") -> np.ndarray:
         """(nnz,) float32: the explicit rating of every train pair, in the train CSR's order.
         Needs ``ratings`` (``with_ratings``); ``need`` names the setting that asked, in the error."""
-        if self.ratings is None:
-            raise ConfigError(f"{self.name}: {need} needs the explicit ratings, which this data does not keep. Fix: "
-                              "load it with dislike_threshold (e.g. data.dislike_threshold: 2) from a file with a "
-                              f"rating column, or drop {need}.")
-        rows = np.repeat(np.arange(self.n_users), np.diff(self.train.indptr))
-        return np.asarray(self.ratings[rows, self.train.indices.astype(np.int64)], dtype=np.float32).ravel()
+        return self._ratings_at(self.train, need)
 
     def train_rating_matrix(self, need: str = "rating factors") -> sp.csr_matrix:
         """(U, N) float32 CSR: the explicit rating of every train pair, the positives' and the
         train dislikes' (``dislikes["train"]``), nothing held out. Needs ``ratings`` and
         ``dislikes`` (``with_ratings``); ``need`` names the setting that asked, in the error."""
-        self.train_ratings(need)  # the error naming the fix when the data keeps no ratings
-        pattern = binary_csr(self.train + self.dislikes["train"])  # (U, N) train pairs
+        pattern = binary_csr(self.train + self.dislikes["train"]) if self.dislikes is not None else self.train
         m = pattern.copy()
-        rows = np.repeat(np.arange(self.n_users), np.diff(pattern.indptr))
-        m.data = np.asarray(self.ratings[rows, pattern.indices.astype(np.int64)], dtype=np.float32).ravel()
+        m.data = self._ratings_at(pattern, need)
         return m
+
+    def _ratings_at(self, pattern: sp.csr_matrix, need: str) -> np.ndarray:
+        """(nnz,) float32 ratings of the pairs stored in ``pattern`` (U, N), in its CSR order."""
+        if self.ratings is None:
+            raise ConfigError(f"{self.name}: {need} needs the explicit ratings, which this data does not keep. Fix: "
+                              "load it with dislike_threshold (e.g. data.dislike_threshold: 2) from a file with a "
+                              f"rating column, or drop {need}.")
+        rows = np.repeat(np.arange(self.n_users), np.diff(pattern.indptr))
+        return np.asarray(self.ratings[rows, pattern.indices.astype(np.int64)], dtype=np.float32).ravel()
 
     def chosen(self, min_rating: float) -> sp.csr_matrix:
         """(U, N) binary: the train positives rated >= ``min_rating`` (the chosen items of a

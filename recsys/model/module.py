@@ -447,10 +447,11 @@ class TwoTowerModule(L.LightningModule):
         with its own prior choice; when none reaches the floor, the g of the best NDCG@k.
         Returns g, the queries at g, the result and the prior weight."""
         k = min(self.eval_ks)
+        xb = self.item_tower.embed_all()  # (N, D), once for every weight
         runs = []
         for g in self.rating_grid:
             xq_g = self.with_rating(users, xq, g)
-            res, w = self.score_queries(users, xq_g, data, split, choose_prior)
+            res, w = self.score_queries(users, xq_g, data, split, choose_prior, items=xb)
             runs.append((g, xq_g, res, w))
         if f"disliked@{k}" not in runs[0][2].metrics:
             raise ConfigError(f"rating_grid needs disliked@{k} on {split}, which needs the data's held-out dislikes. "
