@@ -11,6 +11,7 @@ import torch
 
 from recsys.errors import ConfigError, DataError
 from recsys.model.heads import KnownPositives, TreeSoftmax
+from recsys.model.heads.tree import prefix_logits
 from recsys.model.towers import ItemTower
 from recsys.retrieval.tree import ItemTree, balanced_codes, beam_search
 from recsys.schema import Schema
@@ -147,6 +148,31 @@ class _CountingTower(torch.nn.Module):
     def forward(self, ids):
         self.sizes.append(ids.numel())
         return self.tower(ids)
+
+
+@pytest.mark.parametrize("parents", [3, 40, 21])
+def test_prefix_logits_group_examples_by_parent_with_the_per_example_values_and_gradients(parents):
+    """Few distinct parents (3 in a batch of 40) or all distinct (40): the packed per-parent
+    product; uneven groups (one parent holds half the batch, 20 more one example each, so the
+    packing would hold 21 x 20 rows > 4 B): the per-example gather. Each equals
+    q_b . table[prefix_b K + k] and gives the same gradients for the queries and the table."""
+    K, Dq, B = 5, 4, 40
+    g = torch.Generator().manual_seed(parents)
+    q = torch.randn(B, Dq, dtype=torch.float64, generator=g, requires_grad=True)
+    table = torch.randn(40 * K, Dq, dtype=torch.float64, generator=g, requires_grad=True)
+    prefix = {3: torch.randint(0, 3, (B,), generator=g), 40: torch.randperm(B, generator=g),
+              21: torch.cat([torch.zeros(20, dtype=torch.long), torch.arange(1, 21)])}[parents]
+    out = prefix_logits(q, prefix, table, K)  # (B, K)
+    w = torch.randn(B, K, dtype=torch.float64, generator=g)
+    (out * w).sum().backward()
+    gq, gt = q.grad.clone(), table.grad.clone()
+    q.grad = table.grad = None
+    ref = torch.stack([table[prefix[b] * K + torch.arange(K)] @ q[b] for b in range(B)])  # (B, K)
+    (ref * w).sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(gq, q.grad)
+    torch.testing.assert_close(gt, table.grad)
+    assert (gt.abs().sum(1) > 0).sum() == K * len(prefix.unique())  # only the batch's parents' children
 
 
 @pytest.mark.parametrize("repeat", [False, True])

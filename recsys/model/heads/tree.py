@@ -14,6 +14,35 @@ from recsys.model.heads.base import Head, HeadOutput, LazyLogs, head_logs
 from recsys.retrieval.tree import BeamIndex, ItemTree
 
 
+def prefix_logits(q: torch.Tensor, prefix: torch.Tensor, table: torch.Tensor, K: int) -> torch.Tensor:
+    """(B, K) scores q_b . table[prefix_b K + k] of each example's K children.
+
+    ``q`` (B, D) queries, ``prefix`` (B,) parent node numbers, ``table`` (P K, D) the child
+    vectors of a level, the K children of parent p in rows p K ... p K + K - 1. Near the root
+    a batch has few distinct parents (at most K^l at depth l), so the examples of one parent
+    share its (K, D) block: the queries are packed into a (M, m, D) array (M distinct parents,
+    m the largest group) and scored by one batched (m, D) x (D, K) product per parent, which
+    reads M K D child values instead of the B K D of a per-example gather (and its backward
+    writes as few; with every parent distinct, M = B and m = 1, it is that gather). When the
+    groups are too uneven (M m > 4 B: one hot parent beside many single ones) the padding
+    would cost more than it saves, and the per-example gather is used.
+    """
+    B, D = q.shape
+    uniq, inv, counts = torch.unique(prefix, return_inverse=True, return_counts=True)  # (M,), (B,), (M,)
+    M, m = len(uniq), int(counts.max())
+    if M * m > 4 * B:
+        e = table.view(-1, K, D).index_select(0, prefix)  # (B, K, D)
+        return torch.einsum("bd,bkd->bk", q, e)
+    order = torch.argsort(inv, stable=True)  # examples grouped by parent
+    start = torch.cumsum(counts, 0) - counts  # (M,) first position of each group in ``order``
+    rank = torch.empty_like(inv)
+    rank[order] = torch.arange(B, device=q.device) - start[inv[order]]  # (B,) position within its group
+    slot = inv * m + rank  # (B,) row of each example in the packed queries
+    packed = q.new_zeros(M * m, D).index_copy(0, slot, q).view(M, m, D)  # (M, m, D) zero rows pad
+    e = table.view(-1, K, D).index_select(0, uniq)  # (M, K, D) the children of each distinct parent
+    return torch.bmm(packed, e.transpose(1, 2)).view(M * m, K)[slot]  # (B, K)
+
+
 class TreeSoftmax(Head):
     """Hierarchical softmax over a balanced K-ary item tree of depth L (``recsys.retrieval.tree``).
 
@@ -169,8 +198,7 @@ class TreeSoftmax(Head):
             if lv == 0 and lv < self.L - 1:  # every example has the root's K children: one (B, D) x (D, K) product
                 logits = q @ self.node_emb[0].weight.T / T  # (B, K)
             elif lv < self.L - 1:
-                e = self.node_emb[lv](child)  # (B, K, D)
-                logits = torch.einsum("bd,bkd->bk", q, e) / T  # (B, K)
+                logits = prefix_logits(q, prefix, self.node_emb[lv].weight, self.K) / T  # (B, K)
             elif self.leaf_samples:
                 logits, _, other = self._sampled_leaves(q, t["slot_item"][child], dead, target, users, items,
                                                            item_tower, T)
