@@ -217,7 +217,8 @@ def tree_shape(n_items: int) -> tuple[int, int]:
 def make_head(name: str, n_items: int | None = None, dim: int = D):
     """A head with its library defaults, by benchmark name. ``tree``: a ``TreeSoftmax`` over a
     random balanced tree shaped for ``n_items`` (``tree_shape``) on queries of width ``dim``;
-    ``tree_sampled`` the same with ``leaf_samples=16``."""
+    ``tree_sampled`` the same with ``leaf_samples=16``; ``tree_inbatch`` with the leaves trained
+    by an ``InBatchSoftmax`` (``leaf_head``)."""
     from recsys.model.heads import (
         FullSoftmax,
         HardNegativeSoftmax,
@@ -227,10 +228,11 @@ def make_head(name: str, n_items: int | None = None, dim: int = D):
         TreeSoftmax,
     )
 
-    if name in ("tree", "tree_sampled"):  # tree_sampled: the leaf level over 16 drawn siblings (leaf_samples)
+    if name in ("tree", "tree_sampled", "tree_inbatch"):  # tree_sampled: the leaf level over 16 drawn siblings
         K, L = tree_shape(int(n_items))
         return TreeSoftmax(branching=K, levels=L, dim=dim, codes_from="random", temperature=0.1,
-                           leaf_samples=16 if name == "tree_sampled" else 0)
+                           leaf_samples=16 if name == "tree_sampled" else 0,
+                           leaf_head=InBatchSoftmax() if name == "tree_inbatch" else None)
     return {
         "full": lambda: FullSoftmax(),
         "sigmoid": lambda: MultiLabelSigmoid(),

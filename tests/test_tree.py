@@ -213,6 +213,81 @@ def test_tree_probabilities_sum_to_one_and_beam_topk_matches_them():
     assert (Ir == np.argsort(-(xq @ xb.T), axis=1, kind="stable")[:, :5]).all()
 
 
+
+def test_leaf_prior_is_added_after_the_leaf_normalisation():
+    """A popularity prior carried in the leaves' bias coordinate (w T log p_j, as
+    ``item_embeddings`` serves it) ranks by log p_tree(j | u) + w log p_j: the scores of an
+    exhaustive beam are exactly that, which differs from leaving the prior inside the
+    softmax over the siblings (there a parent's share of the prior cancels)."""
+    head, items, _ = _setup(K=4, L=2)
+    T = float(head.temperature())
+    xq = np.random.default_rng(0).standard_normal((3, D)).astype(np.float32)
+    xq[:, -1] = 1.0  # the query's constant coordinate multiplies the items' bias coordinate
+    xb = items.embed_all().detach().float().numpy()
+    I0, S0 = head.beam_topk(xq, xb, k=N, beam=4)  # (3, N) every item, log p_tree
+    logp = np.full((3, N), -np.inf)
+    np.put_along_axis(logp, I0, S0, axis=1)
+    prior = 2.0 * np.log(np.random.default_rng(1).dirichlet(np.ones(N)) + 1e-3).astype(np.float32)  # (N,) w log p
+    xb_w = xb.copy()
+    xb_w[:, -1] += T * prior  # the served vectors carry the prior
+    I, S = head.beam_topk(xq, xb_w, k=N, beam=4, leaf_prior=prior)
+    want = logp + prior[None, :]
+    assert (I == np.argsort(-want, axis=1, kind="stable")).all()
+    np.testing.assert_allclose(S, np.take_along_axis(want, I, 1), rtol=1e-4, atol=1e-4)
+    Iin, Sin = head.beam_topk(xq, xb_w, k=N, beam=4)  # no leaf_prior: the prior stays inside the leaf softmax
+    assert not np.allclose(np.sort(Sin, 1), np.sort(S, 1), atol=1e-3)
+    state = head.beam_index(prior).state_dict()  # the export's arrays keep it
+    from recsys.retrieval.tree import BeamIndex
+    np.testing.assert_array_equal(BeamIndex.from_state(state).leaf_prior, prior)
+    assert BeamIndex.from_state(head.beam_index().state_dict()).leaf_prior is None
+    with pytest.raises(DataError, match="leaf_prior"):
+        head.beam_index(prior[:-1])
+
+
+def test_a_leaf_head_trains_the_leaves_as_one_flat_softmax_and_the_beam_normalises_them_per_parent():
+    """With ``leaf_head`` the loss is the internal levels' cross-entropy plus the flat head's
+    loss on the same queries (no sibling softmax); the beam's leaf level is the log-softmax
+    over the siblings of q . v / T' with T' the leaf head's temperature, which the exported
+    index keeps."""
+    from recsys.model.heads import InBatchSoftmax
+    from recsys.retrieval.tree import BeamIndex
+
+    _, items, train = _setup()
+    schema = Schema(n_users=U, n_items=N, bag_size=N, item_counts=np.asarray(train.sum(0)).ravel())
+    torch.manual_seed(0)
+    head = TreeSoftmax(branching=4, levels=2, dim=D, temperature=0.5, codes_from="random",
+                       leaf_head=InBatchSoftmax(temperature=0.25)).double()
+    head.bind(schema, KnownPositives(train))
+    flat = InBatchSoftmax(temperature=0.25).double()
+    flat.bind(schema, KnownPositives(train))
+    q = torch.randn(4, D, dtype=torch.float64)
+    batch = {"user": torch.tensor([0, 1, 2, 3]), "item": torch.tensor([0, 5, 11, 7])}
+    out = head(q, batch, items)
+    codes = torch.from_numpy(head.tree.codes)[batch["item"]]  # (B, L)
+    z0 = (q @ head.node_emb[0].weight.T / 0.5).masked_fill(~torch.from_numpy(head.tree.occupied[0]), float("-inf"))
+    want = torch.nn.functional.cross_entropy(z0, codes[:, 0]) + flat(q, batch, items).loss
+    torch.testing.assert_close(out.loss, want)
+    assert float(out.logs["temperature"]) == pytest.approx(0.25) and "tree_loss" in out.logs
+    assert float(head.score_temperature()) == pytest.approx(0.25)
+
+    xq = q.float().numpy()
+    xb = items.embed_all().detach().float().numpy()
+    I, S = head.beam_topk(xq, xb, k=N, beam=4)  # every prefix: the exhaustive tree ranking
+    lp0 = torch.log_softmax(z0, 1).detach().float().numpy()  # (B, K) log p(parent | u)
+    want_s = np.full((4, N), -np.inf)
+    for p in range(4):
+        kids = head.tree.slot_item[p * 4 + np.arange(4)]
+        live = kids[kids >= 0]
+        z = xq @ xb[live].T / 0.25  # (B, |live|) leaf logits at T'
+        want_s[:, live] = lp0[:, [p]] + z - np.log(np.exp(z).sum(1, keepdims=True))
+    np.testing.assert_allclose(S, np.take_along_axis(want_s, I, 1), rtol=1e-4, atol=1e-4)
+    assert (I == np.argsort(-want_s, axis=1, kind="stable")).all()
+    index = BeamIndex.from_state(head.beam_index().state_dict())
+    assert index.leaf_temperature == pytest.approx(0.25)
+    np.testing.assert_allclose(index.search(xq, xb, k=N, beam=4)[1], S, rtol=1e-5)
+    with pytest.raises(ConfigError, match="leaf_head"):
+        TreeSoftmax(branching=4, levels=2, dim=D, leaf_samples=2, leaf_head=InBatchSoftmax())
+
 def test_known_positive_mask_changes_the_leaf_softmax():
     plain, items, train = _setup(mask=False)
     masked, _, _ = _setup(mask=True)

@@ -204,7 +204,7 @@ def write_export(model, dm, meta, out, index: str = "flat", index_params: dict |
         faiss.write_index(retriever.index, str(tmp / "faiss.index"))
         write_query_tower(model.query_tower, model.schema, meta.config, tmp)
         if hasattr(model.head, "beam_index"):  # a TreeSoftmax: its tree, for beam search at serving
-            np.savez(tmp / "beam_index.npz", **model.head.beam_index().state_dict())
+            np.savez(tmp / "beam_index.npz", **model.head.beam_index(model.beam_leaf_prior()).state_dict())
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = {
             "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(meta.path),

@@ -95,7 +95,7 @@ class Recommender:
         return cls(xb, lambda users: query_embeddings(model.query_tower, d, users, dm.max_history),
                    d.seen("test"), d.user_vocab, d.item_vocab, d.item_titles,
                    history_embedder(model.query_tower, d.n_items, dm.max_history), feats,
-                   model.head.beam_index() if hasattr(model.head, "beam_index") else None)
+                   model.head.beam_index(model.beam_leaf_prior()) if hasattr(model.head, "beam_index") else None)
 
     @classmethod
     def from_export(cls, folder) -> Recommender:
@@ -162,7 +162,8 @@ class Recommender:
 
         ``temperature`` > 0 samples k distinct items from softmax(score / T) (``gumbel_topk``).
         ``beam``: a TreeSoftmax model's beam search with ``beam`` prefixes per level instead
-        (score: the tree's log-probability; ``temperature`` > 0: the stochastic beam).
+        (score: the tree's log-probability, or the exact score with the head's ``rerank``;
+        ``temperature`` > 0: the stochastic beam).
         """
         u = int(self.user_vocab.encode([user])[0])  # unknown id -> the Vocab's DataError
         q = self.embed_users(np.array([u]))[0].astype(np.float32)  # (D,)

@@ -12,7 +12,8 @@
   progress bar, through the retriever evaluation uses (``--index``). ``.csv`` output works too.
 - ``--beam B`` (any of the three, a model trained with the TreeSoftmax head): the model's own
   beam search over its item tree, B prefixes per level, instead of exact top-k; the score is
-  the tree's log-probability. With ``--temperature T`` > 0 the beam is stochastic (Gumbel
+  the tree's log-probability (a head trained with ``rerank``: the exact score of the beam's
+  survivors, which it ranks by). With ``--temperature T`` > 0 the beam is stochastic (Gumbel
   noise times T at each level: the diversity knob).
 """
 

@@ -193,7 +193,8 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), index: str = "exact"
     users, xq = _eval_queries(model, data, split)
     xb = model.item_embeddings().float().cpu().numpy()
     if index == "beam":
-        return evaluate_beam(model.head, xq, users, xb, data.data, split, ks, **(index_params or {}))
+        return evaluate_beam(model.head, xq, users, xb, data.data, split, ks, **(index_params or {}),
+                             leaf_prior=model.beam_leaf_prior())
     return evaluate_embeddings(xq, users, xb, data.data, split, ks, index, index_params)
 
 
@@ -230,12 +231,14 @@ def calibration(model, data, split: str = "test") -> dict | None:
 
 
 def evaluate_beam(head, xq: np.ndarray, users: np.ndarray, xb: np.ndarray, data: RecData, split: str = "valid",
-                  ks: tuple[int, ...] = (10, 20), beam: int = 16, temperature: float = 0.0, rerank: bool = False,
-                  seed: int = 0) -> EvalResult:
+                  ks: tuple[int, ...] = (10, 20), beam: int = 16, temperature: float = 0.0, rerank: bool | None = None,
+                  seed: int = 0, leaf_prior: np.ndarray | None = None) -> EvalResult:
     """Metrics of beam search over a tree head's item index (``TreeSoftmax.beam_topk``: ``beam``
     prefixes per level, seen items excluded; ``temperature`` > 0 a Gumbel beam, ``rerank`` orders
-    the surviving leaves by the exact score); ``index_recall`` is the overlap of its top-k with the
-    exact two-tower top-k (inner products of the same embeddings)."""
+    the surviving leaves by the exact score, None: the head's default; ``leaf_prior`` (N,) the
+    popularity prior ``xb`` carries, applied after the leaf level's normalisation, ``BeamIndex``);
+    ``index_recall`` is the overlap of its top-k with the exact two-tower top-k (inner products
+    of the same embeddings)."""
     require(hasattr(head, "beam_topk"), f"index='beam' needs a head with an item tree (TreeSoftmax); this model's "
             f"head is {type(head).__name__}. Fix: train with model.head TreeSoftmax, or use index exact / ivf / hnsw.")
     require(data.candidates(split) is None, f"index='beam' ranks the whole catalogue; split {split!r} ranks a subset. "
@@ -243,7 +246,7 @@ def evaluate_beam(head, xq: np.ndarray, users: np.ndarray, xb: np.ndarray, data:
     exclude = data.seen(split)[users]
     t = time.perf_counter()
     I, _ = head.beam_topk(xq, xb, max(ks), beam=beam, exclude=exclude, temperature=temperature, rerank=rerank,
-                          rng=np.random.default_rng(seed))
+                          rng=np.random.default_rng(seed), leaf_prior=leaf_prior)
     res = topk_metrics(I, users, data, split, ks, seconds=time.perf_counter() - t)
     _, I_exact = make_retriever("exact").build(np.ascontiguousarray(xb)).search(
         np.ascontiguousarray(xq, dtype=np.float32), max(ks), exclude=exclude)

@@ -362,9 +362,18 @@ class TwoTowerModule(L.LightningModule):
         w = self.served_prior_weight if prior_weight is None else prior_weight
         return self._with_prior(self.item_tower.embed_all(), w)
 
+    def beam_leaf_prior(self, prior_weight: float | None = None) -> np.ndarray | None:
+        """(N,) w log p_j, the prior that ``item_embeddings(prior_weight)`` carries in its bias
+        coordinate, in the tree's log-probability units (default w: the stored one), for a
+        TreeSoftmax's beam search (``BeamIndex.leaf_prior``); None without a prior."""
+        w = self.served_prior_weight if prior_weight is None else prior_weight
+        if not w or self.prior_grid is None:
+            return None
+        return (w * self.log_prior).float().cpu().numpy()
+
     def _prior_bias(self) -> torch.Tensor:
         """(N,) T * log p_j: the popularity prior of one unit of weight, in logit units."""
-        return float(self.head.temperature()) * self.log_prior
+        return float(self.head.score_temperature()) * self.log_prior
 
     def _with_prior(self, xb: torch.Tensor, w: float | None) -> torch.Tensor:
         """``xb`` (N, D) with w * T * log p_j added to its last (bias) coordinate (a copy)."""
@@ -410,7 +419,7 @@ class TwoTowerModule(L.LightningModule):
         data = self.trainer.datamodule.data
         if split == "valid" and self.rating_grid is not None:  # choose the rating weight (and prior per weight)
             g, xq_np, res, w = self.choose_rating(users_np, xq_np, data, split, choose, xq_ref)
-            self.query_tower.rating_weight.fill_(g * float(self.head.temperature()))
+            self.query_tower.rating_weight.fill_(g * float(self.head.score_temperature()))
             self.log(f"{prefix}/rating_weight", g, sync_dist=True)
         else:
             res, w = self.score_queries(users_np, xq_np, data, split, choose)
@@ -430,7 +439,7 @@ class TwoTowerModule(L.LightningModule):
     def with_rating(self, users: np.ndarray, xq: np.ndarray, g: float) -> np.ndarray:
         """``xq`` (Q, out_dim) of known ``users`` (Q,) with the rating block at weight g (logit
         units): [g T p_u, g T] in its last k + 1 coordinates."""
-        k, gt = self.query_tower.rating_dim, g * float(self.head.temperature())
+        k, gt = self.query_tower.rating_dim, g * float(self.head.score_temperature())
         out = np.array(xq, dtype=np.float32, copy=True)
         out[:, -k - 1:-1] = gt * self.query_tower.rating_user[torch.as_tensor(users)].float().cpu().numpy()
         out[:, -1] = gt
@@ -487,7 +496,8 @@ class TwoTowerModule(L.LightningModule):
         def run(w: float | None) -> EvalResult:
             xb_w = self._with_prior(xb, w).float().cpu().numpy()
             if self.eval_index == "beam":  # the tree's own retrieval
-                return evaluate_beam(self.head, xq, users, xb_w, data, split, ks, beam=self.eval_beam)
+                return evaluate_beam(self.head, xq, users, xb_w, data, split, ks, beam=self.eval_beam,
+                                     leaf_prior=self.beam_leaf_prior(w))
             return evaluate_embeddings(xq, users, xb_w, data, split, ks, self.eval_index)
 
         if choose_prior and self.prior_grid is not None:

@@ -207,13 +207,25 @@ class BeamIndex:
     TreeSoftmax's beam search runs the same in training code and in an export folder.
 
     The level-l logits of the children of a prefix are q . e_child / T, with e_child a row of
-    ``tables[l]`` (K^(l+1), D) for l < L - 1 and the leaf's item vector (``xb``) at the last
-    level; each level is a log-softmax over the K children (empty children masked).
+    ``tables[l]`` (K^(l+1), D) for l < L - 1, and at the last level q . v / T' with v the leaf's
+    item vector (``xb``) and T' = ``leaf_temperature`` (a leaf head's; None: T); each level is
+    a log-softmax over the K children (empty children masked).
+
+    ``leaf_prior`` (N,), optional: the popularity prior w log p_j that the served item vectors
+    carry in their bias coordinate (``TwoTowerModule.item_embeddings`` adds w T log p_j there,
+    so the leaf logit holds + w log p_j). A flat head ranks by logit + w log p_j; the tree's
+    analogue is log p_tree(j | u) + w log p_j, the prior added after the leaf level's
+    normalisation, where it moves items across parents. Inside the softmax over the siblings it
+    would only reorder siblings (a parent's constant cancels), so the leaf level takes it out
+    of the logits before the log-softmax and adds it to the normalised score.
     """
 
     tree: ItemTree
     tables: list  # L - 1 float32 arrays (K^(l+1), D)
     temperature: float
+    leaf_prior: np.ndarray | None = None  # (N,) w log p_j carried by the leaves' vectors, or None
+    leaf_temperature: float | None = None  # T' of the leaf logits q . v / T' (a leaf head's); None: temperature
+    rerank: bool = False  # the default of ``search``: the survivors ordered by the exact score q . v
 
     def __post_init__(self) -> None:
         K, L = self.tree.branching, self.tree.levels
@@ -226,12 +238,26 @@ class BeamIndex:
         if not (np.isfinite(self.temperature) and self.temperature > 0):
             raise DataError(f"beam index: temperature {self.temperature}: must be finite and > 0. Fix: write it "
                             "from the head's temperature().")
+        if self.leaf_temperature is not None and not (np.isfinite(self.leaf_temperature) and self.leaf_temperature > 0):
+            raise DataError(f"beam index: leaf_temperature {self.leaf_temperature}: must be finite and > 0. Fix: "
+                            "write it from the leaf head's temperature().")
+        if self.leaf_prior is not None:
+            self.leaf_prior = np.asarray(self.leaf_prior, dtype=np.float32).reshape(-1)
+            if self.leaf_prior.shape != (self.tree.n_items,) or not np.isfinite(self.leaf_prior).all():
+                raise DataError(f"beam index: leaf_prior of shape {self.leaf_prior.shape}: need one finite value "
+                                f"per item, ({self.tree.n_items},). Fix: write it from the model's served prior "
+                                "(TwoTowerModule.beam_leaf_prior).")
 
     def state_dict(self) -> dict:
         """Plain arrays (``np.savez`` without pickle): the codes, the branching, the node tables
-        (``table_<l>``) and the temperature."""
+        (``table_<l>``), the temperature and the leaf prior (``leaf_prior``, when set)."""
         out = {**self.tree.state_dict(), "temperature": np.float64(self.temperature)}
         out.update({f"table_{lv}": t for lv, t in enumerate(self.tables)})
+        if self.leaf_prior is not None:
+            out["leaf_prior"] = self.leaf_prior
+        if self.leaf_temperature is not None:
+            out["leaf_temperature"] = np.float64(self.leaf_temperature)
+        out["rerank"] = np.bool_(self.rerank)
         return out
 
     @classmethod
@@ -239,15 +265,18 @@ class BeamIndex:
         """The inverse of ``state_dict`` (a dict or an ``np.load`` of it)."""
         tree = ItemTree.from_state(state)
         tables = [np.asarray(state[f"table_{lv}"]) for lv in range(tree.levels - 1)]
-        return cls(tree, tables, float(state["temperature"]))
+        prior = np.asarray(state["leaf_prior"]) if "leaf_prior" in state else None  # absent: an older export
+        leaf_T = float(state["leaf_temperature"]) if "leaf_temperature" in state else None
+        rerank = bool(state["rerank"]) if "rerank" in state else False
+        return cls(tree, tables, float(state["temperature"]), prior, leaf_T, rerank)
 
     def search(self, xq: np.ndarray, xb: np.ndarray, k: int, beam: int = 16, exclude=None,
-               temperature: float = 0.0, rerank: bool = False, rng: np.random.Generator | None = None,
+               temperature: float = 0.0, rerank: bool | None = None, rng: np.random.Generator | None = None,
                chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items of queries ``xq`` (Q, D) by beam search (``beam`` prefixes per level),
         ``xb`` (N, D) the leaves' item vectors. ``exclude``: a (Q, N) CSR of seen items.
         ``temperature`` > 0: a stochastic (Gumbel) beam. ``rerank``: order the surviving leaves
-        by the exact score q . v instead of the tree probability. Queries are searched
+        by the exact score q . v instead of the tree probability (None: the index's ``rerank``). Queries are searched
         ``chunk`` at a time (a level holds (chunk, beam, K, D) node vectors). Returns I (Q, k)
         item ids (-1 pads) and S (Q, k) scores."""
         xq = np.asarray(xq, dtype=np.float32)
@@ -257,6 +286,7 @@ class BeamIndex:
                             f"({self.tree.n_items}, D), the tree's items. Fix: pass the item tower's embeddings "
                             "of the same model.")
         rng = rng or np.random.default_rng(0)
+        rerank = self.rerank if rerank is None else bool(rerank)
         parts = [self._chunk(xq[s:s + chunk], xb, k, beam, None if exclude is None else exclude[s:s + chunk],
                              temperature, rerank, rng) for s in range(0, len(xq), chunk)]
         if not parts:
@@ -271,11 +301,16 @@ class BeamIndex:
             pre = np.zeros((len(xq), 1), dtype=np.int64) if prefixes is None else prefixes
             child = pre[:, :, None] * K + np.arange(K)[None, None, :]  # (Q, b, K)
             e = tables[lv][child] if lv < L - 1 else xb[np.clip(tree.slot_item[child], 0, None)]  # (Q, b, K, D)
-            logits = np.einsum("qd,qbkd->qbk", xq, e) / T
+            leaf = lv == L - 1
+            logits = np.einsum("qd,qbkd->qbk", xq, e) / ((self.leaf_temperature or T) if leaf else T)
+            prior = 0.0
+            if leaf and self.leaf_prior is not None:  # normalise without the prior, then add it
+                prior = self.leaf_prior[np.clip(tree.slot_item[child], 0, None)]  # (Q, b, K)
+                logits = logits - prior
             logits = np.where(tree.occupied[lv][child], logits, -np.inf)
             m = logits.max(axis=2, keepdims=True)
             m = np.where(np.isfinite(m), m, 0.0)
-            return logits - m - np.log(np.exp(logits - m).sum(axis=2, keepdims=True))  # log-softmax over K
+            return logits - m - np.log(np.exp(logits - m).sum(axis=2, keepdims=True)) + prior  # log-softmax over K
 
         ex = None
         if exclude is not None:

@@ -231,6 +231,12 @@ class Head(nn.Module):
         """Lightning callbacks the head needs during training (none by default)."""
         return []
 
+    def score_temperature(self) -> torch.Tensor:
+        """T of the item scores: the logits of item j are q . v_j / T (the head's temperature;
+        a tree with a leaf head: that head's). The retrieval prior and the rating block are
+        scaled by it."""
+        return self.temperature()
+
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """(Q, N) scores q . v (all N items) -> the probabilities the loss models: a
         softmax over the catalogue of scores / T (every softmax head; sampled and in-batch

@@ -86,7 +86,8 @@ class TreeSoftmax(Head):
         codes_from: ``cooccurrence``, ``random`` or a path to item vectors (.npy).
         svd_dim: dimension of the co-occurrence item vectors.
         mask_known_positives: at the leaf level, drop the user's other train items from the
-            softmax over the siblings (as the flat heads do over the catalogue).
+            softmax over the siblings (as the flat heads do over the catalogue); a
+            ``leaf_head`` has its own masks.
         seed: seed of the tree construction.
         leaf_samples: S > 0 trains the leaf level as a sampled softmax over the positive and S
             of its live siblings drawn uniformly without replacement, each negative's logit
@@ -97,11 +98,29 @@ class TreeSoftmax(Head):
             leaves a step instead of B K: the leaf level is the one whose rows are items, so
             with K ~ 100 it is most of a step's cost. 0 (or S >= K - 1): every sibling, the
             exact tree softmax. Known positives are masked among the drawn siblings.
+        leaf_head: a flat head (e.g. ``InBatchSoftmax``) that trains the leaf level instead of
+            the softmax over the siblings: the leaves' scores s_j = q . v_j are then fitted as
+            the logits of one softmax over the catalogue (``leaf_head``'s own estimator and
+            corrections), and the beam's leaf level is their log-softmax over the siblings,
+            s_j / T' - log sum_siblings exp(s / T') with T' the leaf head's temperature: for
+            logits of p(j | u), that is exactly p(j | u, parent), the conditional the tree's
+            leaf level models (the internal levels still learn p(parent | u) by teacher
+            forcing). The leaf level then costs what the flat head costs (B item rows and a
+            B x B block for in-batch negatives, against B K or B (1 + S) sibling rows), and the
+            leaf scores rank the whole catalogue like a flat head's (the beam's survivors can
+            be re-ranked by them). The joint form of a learned index and a two-tower scorer
+            (Deep Retrieval, Gao et al., 2020; JTM, Zhu et al., NeurIPS 2019). None: the
+            sibling softmax. Excludes ``leaf_samples``.
+        rerank: the beam's default ranking (validation, ``evaluate --index beam``, ``recommend
+            --beam``, exports): the surviving leaves ordered by the exact score q . v (plus the
+            served prior) instead of the tree probability: the tree as an index for the leaf
+            scores, which with a ``leaf_head`` rank like a flat head's.
     """
 
     def __init__(self, branching: int = 64, levels: int = 2, dim: int = 65, temperature: float = 1.0,
                  learn_temperature: bool = False, codes_from: str = "cooccurrence", svd_dim: int = 64,
-                 mask_known_positives: bool = False, seed: int = 0, beam_train: int = 0, leaf_samples: int = 0):
+                 mask_known_positives: bool = False, seed: int = 0, beam_train: int = 0, leaf_samples: int = 0,
+                 leaf_head: Head | None = None, rerank: bool = False):
         super().__init__(temperature, learn_temperature)
         if branching < 2 or levels < 1 or dim < 1:
             raise ConfigError(f"TreeSoftmax branching={branching}, levels={levels}, dim={dim}: need branching >= 2, "
@@ -112,6 +131,12 @@ class TreeSoftmax(Head):
         if leaf_samples < 0:
             raise ConfigError(f"TreeSoftmax leaf_samples={leaf_samples}: need >= 0 (0: every sibling at the leaf "
                               "level). Fix: e.g. leaf_samples: 16, or 0.")
+        if leaf_head is not None and (leaf_samples or isinstance(leaf_head, TreeSoftmax) or levels < 2):
+            raise ConfigError(f"TreeSoftmax leaf_head={type(leaf_head).__name__} with leaf_samples={leaf_samples}, "
+                              f"levels={levels}: a leaf head replaces the sibling softmax of the leaf level, so it "
+                              "needs a flat head, leaf_samples 0 and levels >= 2. Fix: e.g. leaf_head "
+                              "InBatchSoftmax with leaf_samples: 0, or no leaf_head.")
+        self.leaf_head, self.rerank = leaf_head, bool(rerank)
         self.K, self.L, self.dim = int(branching), int(levels), int(dim)
         self.leaf_samples = int(leaf_samples) if 0 < leaf_samples < self.K - 1 else 0
         self.codes_from, self.svd_dim, self.seed = codes_from, svd_dim, seed
@@ -131,6 +156,20 @@ class TreeSoftmax(Head):
                               f"{int(np.ceil(schema.n_items ** (1 / self.L)))} or add a level.")
         if self.tree is None or self.tree.n_items != schema.n_items:
             self._set_tree(ItemTree.build(self._item_vectors(schema, known), self.K, self.L, self.seed))
+        if self.leaf_head is not None:
+            self.leaf_head.bind(schema, known)
+
+    def callbacks(self) -> list:
+        """The leaf head's callbacks (none of the tree's own)."""
+        return [] if self.leaf_head is None else self.leaf_head.callbacks()
+
+    def size_checks(self, n_items: int) -> list[tuple[str, int, int, str]]:
+        """The leaf head's (none of the tree's own: ``bind`` checks K^L >= N)."""
+        return [] if self.leaf_head is None else self.leaf_head.size_checks(n_items)
+
+    def score_temperature(self) -> torch.Tensor:
+        """T' of the item scores q . v (the leaves): the leaf head's temperature with one, else the tree's."""
+        return self.temperature() if self.leaf_head is None else self.leaf_head.temperature()
 
     def _item_vectors(self, schema, known) -> np.ndarray:
         N = schema.n_items
@@ -199,6 +238,10 @@ class TreeSoftmax(Head):
                 logits = q @ self.node_emb[0].weight.T / T  # (B, K)
             elif lv < self.L - 1:
                 logits = prefix_logits(q, prefix, self.node_emb[lv].weight, self.K) / T  # (B, K)
+            elif self.leaf_head is not None:  # the leaves as one flat softmax (the leaf head's)
+                leaf = self.leaf_head(q, batch, item_tower)
+                loss = loss + leaf.loss
+                return HeadOutput(loss, LazyLogs(lambda: {**dict(leaf.logs), "tree_loss": loss.detach()}))
             elif self.leaf_samples:
                 logits, _, other = self._sampled_leaves(q, t["slot_item"][child], dead, target, users, items,
                                                            item_tower, T)
@@ -260,17 +303,20 @@ class TreeSoftmax(Head):
         """The internal node vectors of every level as float32 arrays (K^(l+1), D), l < L - 1."""
         return [e.weight.detach().float().cpu().numpy() for e in self.node_emb]
 
-    def beam_index(self) -> BeamIndex:
-        """The trained index as plain arrays (tree, node vectors, temperature): what an export
-        stores and what ``beam_topk`` searches."""
+    def beam_index(self, leaf_prior: np.ndarray | None = None) -> BeamIndex:
+        """The trained index as plain arrays (tree, node vectors, temperature, and the
+        ``leaf_prior`` (N,) w log p_j the served item vectors carry, see ``BeamIndex``): what an
+        export stores and what ``beam_topk`` searches."""
         if self.tree is None:
             raise ConfigError("TreeSoftmax has no tree: fit or load a checkpoint first.")
-        return BeamIndex(self.tree, self.level_tables(), float(self.temperature()))
+        leaf_T = None if self.leaf_head is None else float(self.leaf_head.temperature())
+        return BeamIndex(self.tree, self.level_tables(), float(self.temperature()), leaf_prior, leaf_T, self.rerank)
 
     def beam_topk(self, xq: np.ndarray, xb: np.ndarray, k: int, beam: int = 16, exclude=None,
-                  temperature: float = 0.0, rerank: bool = False, rng: np.random.Generator | None = None,
-                  chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                  temperature: float = 0.0, rerank: bool | None = None, rng: np.random.Generator | None = None,
+                  chunk: int = 256, leaf_prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items of queries ``xq`` (Q, D) by beam search over the tree
-        (``BeamIndex.search``, arguments there), with ``xb`` (N, D) the item tower's
-        embeddings (the leaves). Returns I (Q, k) item ids (-1 pads) and S (Q, k) scores."""
-        return self.beam_index().search(xq, xb, k, beam, exclude, temperature, rerank, rng, chunk)
+        (``BeamIndex.search``, arguments there), with ``xb`` (N, D) the item vectors as served
+        (the leaves; with ``leaf_prior`` the prior they carry). Returns I (Q, k) item ids (-1
+        pads) and S (Q, k) scores."""
+        return self.beam_index(leaf_prior).search(xq, xb, k, beam, exclude, temperature, rerank, rng, chunk)
