@@ -256,3 +256,39 @@ def test_resume_with_reused_ivf_cells(tmp_path):
     assert state["centroids"].shape == (4, 64) and state["refresh_count"] % 3 != 1  # mid-cycle
     _fit(part, "--ckpt_path", "last", *ivf)
     _assert_same_run(whole, part)
+
+
+def test_epoch_clock_counts_the_modules_epoch_end_scoring_as_validation(tmp_path):
+    """The module scores the catalogue in its own on_validation_epoch_end, which Lightning calls
+    after the callbacks' hook of that name: the clock must close the epoch later (on
+    on_validation_end), so that scoring is validation time, not the next epoch's training."""
+    import lightning as L
+
+    from recsys.train.callbacks import EpochClock
+
+    clock = EpochClock()
+    seen = []
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, i):
+            return self.lin(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, i):
+            pass
+
+        def on_validation_epoch_end(self):
+            if not self.trainer.sanity_checking:
+                seen.append(len(clock.epochs))  # this epoch must not be closed yet
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    L.Trainer(max_epochs=2, callbacks=[clock], logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False,
+              default_root_dir=tmp_path).fit(Tiny(), data, data)
+    assert seen == [0, 1] and [e["epoch"] for e in clock.epochs] == [0, 1]

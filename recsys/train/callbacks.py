@@ -95,7 +95,12 @@ class EpochClock(Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._tv = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # not on_validation_epoch_end: Lightning calls the callbacks' hook before the module's, and
+        # the module scores the catalogue in its own on_validation_epoch_end (a tree's beam searches
+        # over the prior grid: ~25 s an epoch on ML-1M), which would count as the next epoch's
+        # training. on_validation_end comes after it and before ModelCheckpoint (last in
+        # Lightning's callback order), so the saved clock holds this epoch.
         if self._t0 is None or self._tv is None:
             return
         now = time.perf_counter()
