@@ -76,7 +76,8 @@ def run_quality(case: dict) -> dict:
     data, head = dm.data, model.head
     users, xq = embed_queries(model.query_tower, dm.eval_dataloader("test"))
     with torch.no_grad():
-        xb = model.item_embeddings().float().cpu().numpy()
+        xb = model.item_embeddings().float().cpu().numpy()  # (N, D) as served: with the chosen prior
+    prior = model.beam_leaf_prior()  # (N,) that prior, which the beam adds after the leaf normalisation
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     exclude = data.seen("test")[users]
     ks, Q, N = (10, 100), len(users), data.n_items
@@ -96,7 +97,7 @@ def run_quality(case: dict) -> dict:
     def beam_row(b, temperature=0.0, rerank=False):
         t = time.perf_counter()
         I, _ = head.beam_topk(xq, xb, 100, beam=b, exclude=exclude, temperature=temperature, rerank=rerank,
-                              rng=np.random.default_rng(0))
+                              rng=np.random.default_rng(0), leaf_prior=prior)
         row = {"method": "beam", "beam": b, "temperature": temperature, "rerank": rerank,
                **score(I, time.perf_counter() - t), "overlap_exact@100": recall_vs_exact(I, I_exact)}
         print(row, flush=True)

@@ -285,6 +285,10 @@ def test_a_leaf_head_trains_the_leaves_as_one_flat_softmax_and_the_beam_normalis
     index = BeamIndex.from_state(head.beam_index().state_dict())
     assert index.leaf_temperature == pytest.approx(0.25)
     np.testing.assert_allclose(index.search(xq, xb, k=N, beam=4)[1], S, rtol=1e-5)
+    head.rerank = True  # the head's default ranking: the survivors (here all) by the exact leaf score
+    Ir, _ = head.beam_topk(xq, xb, k=5, beam=4)
+    assert (Ir == np.argsort(-(xq @ xb.T), axis=1, kind="stable")[:, :5]).all() and not (Ir == I[:, :5]).all()
+    assert BeamIndex.from_state(head.beam_index().state_dict()).rerank
     with pytest.raises(ConfigError, match="leaf_head"):
         TreeSoftmax(branching=4, levels=2, dim=D, leaf_samples=2, leaf_head=InBatchSoftmax())
 

@@ -23,23 +23,30 @@ def prefix_logits(q: torch.Tensor, prefix: torch.Tensor, table: torch.Tensor, K:
     share its (K, D) block: the queries are packed into a (M, m, D) array (M distinct parents,
     m the largest group) and scored by one batched (m, D) x (D, K) product per parent, which
     reads M K D child values instead of the B K D of a per-example gather (and its backward
-    writes as few; with every parent distinct, M = B and m = 1, it is that gather). When the
-    groups are too uneven (M m > 4 B: one hot parent beside many single ones) the padding
-    would cost more than it saves, and the per-example gather is used.
+    writes as few; with every parent distinct, M = B and m = 1, it is that gather). When most
+    of the level's P parents occur (2 M >= P) every parent's block is scored, the table read as
+    it is, without the gather and its scatter back (on a 1M-item 3 x 100 tree's middle level:
+    5 ms forward and backward against 70 ms for the per-example gather). When the groups are
+    too uneven (M m > 4 B: one hot parent beside many single ones) the padding would cost more
+    than it saves, and the per-example gather is used.
     """
     B, D = q.shape
+    P = table.shape[0] // K  # parents of the level
     uniq, inv, counts = torch.unique(prefix, return_inverse=True, return_counts=True)  # (M,), (B,), (M,)
     M, m = len(uniq), int(counts.max())
     if M * m > 4 * B:
         e = table.view(-1, K, D).index_select(0, prefix)  # (B, K, D)
         return torch.einsum("bd,bkd->bk", q, e)
+    whole = 2 * M >= P  # most parents present (near the root): every block, no gather of child rows
+    if whole:
+        inv, counts, M = prefix, torch.bincount(prefix, minlength=P), P
     order = torch.argsort(inv, stable=True)  # examples grouped by parent
     start = torch.cumsum(counts, 0) - counts  # (M,) first position of each group in ``order``
     rank = torch.empty_like(inv)
     rank[order] = torch.arange(B, device=q.device) - start[inv[order]]  # (B,) position within its group
     slot = inv * m + rank  # (B,) row of each example in the packed queries
     packed = q.new_zeros(M * m, D).index_copy(0, slot, q).view(M, m, D)  # (M, m, D) zero rows pad
-    e = table.view(-1, K, D).index_select(0, uniq)  # (M, K, D) the children of each distinct parent
+    e = table.view(P, K, D) if whole else table.view(P, K, D).index_select(0, uniq)  # (M, K, D) children
     return torch.bmm(packed, e.transpose(1, 2)).view(M * m, K)[slot]  # (B, K)
 
 
@@ -241,7 +248,8 @@ class TreeSoftmax(Head):
             elif self.leaf_head is not None:  # the leaves as one flat softmax (the leaf head's)
                 leaf = self.leaf_head(q, batch, item_tower)
                 loss = loss + leaf.loss
-                return HeadOutput(loss, LazyLogs(lambda: {**dict(leaf.logs), "tree_loss": loss.detach()}))
+                total = loss.detach()
+                return HeadOutput(loss, LazyLogs(lambda out=leaf, total=total: {**dict(out.logs), "tree_loss": total}))
             elif self.leaf_samples:
                 logits, _, other = self._sampled_leaves(q, t["slot_item"][child], dead, target, users, items,
                                                            item_tower, T)
