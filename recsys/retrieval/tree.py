@@ -250,7 +250,8 @@ class BeamIndex:
 
     def state_dict(self) -> dict:
         """Plain arrays (``np.savez`` without pickle): the codes, the branching, the node tables
-        (``table_<l>``), the temperature and the leaf prior (``leaf_prior``, when set)."""
+        (``table_<l>``), the temperature, the leaf prior and leaf temperature (when set) and the
+        default ranking (``rerank``)."""
         out = {**self.tree.state_dict(), "temperature": np.float64(self.temperature)}
         out.update({f"table_{lv}": t for lv, t in enumerate(self.tables)})
         if self.leaf_prior is not None:
@@ -276,9 +277,9 @@ class BeamIndex:
         """Top-k items of queries ``xq`` (Q, D) by beam search (``beam`` prefixes per level),
         ``xb`` (N, D) the leaves' item vectors. ``exclude``: a (Q, N) CSR of seen items.
         ``temperature`` > 0: a stochastic (Gumbel) beam. ``rerank``: order the surviving leaves
-        by the exact score q . v instead of the tree probability (None: the index's ``rerank``). Queries are searched
-        ``chunk`` at a time (a level holds (chunk, beam, K, D) node vectors). Returns I (Q, k)
-        item ids (-1 pads) and S (Q, k) scores."""
+        by the exact score q . v instead of the tree probability (None: the index's ``rerank``).
+        Queries are searched ``chunk`` at a time (a level holds (chunk, beam, K, D) node
+        vectors). Returns I (Q, k) item ids (-1 pads) and S (Q, k) scores."""
         xq = np.asarray(xq, dtype=np.float32)
         xb = np.asarray(xb, dtype=np.float32)
         if xq.ndim != 2 or xb.shape != (self.tree.n_items, xq.shape[1]):
