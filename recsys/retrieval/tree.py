@@ -301,12 +301,13 @@ class BeamIndex:
         def level_scores(lv, prefixes):
             pre = np.zeros((len(xq), 1), dtype=np.int64) if prefixes is None else prefixes
             child = pre[:, :, None] * K + np.arange(K)[None, None, :]  # (Q, b, K)
-            e = tables[lv][child] if lv < L - 1 else xb[np.clip(tree.slot_item[child], 0, None)]  # (Q, b, K, D)
             leaf = lv == L - 1
+            ids = np.clip(tree.slot_item[child], 0, None) if leaf else None  # (Q, b, K) the leaves' items
+            e = xb[ids] if leaf else tables[lv][child]  # (Q, b, K, D)
             logits = np.einsum("qd,qbkd->qbk", xq, e) / ((self.leaf_temperature or T) if leaf else T)
             prior = 0.0
             if leaf and self.leaf_prior is not None:  # normalise without the prior, then add it
-                prior = self.leaf_prior[np.clip(tree.slot_item[child], 0, None)]  # (Q, b, K)
+                prior = self.leaf_prior[ids]  # (Q, b, K)
                 logits = logits - prior
             logits = np.where(tree.occupied[lv][child], logits, -np.inf)
             m = logits.max(axis=2, keepdims=True)

@@ -28,10 +28,13 @@ def prefix_logits(q: torch.Tensor, prefix: torch.Tensor, table: torch.Tensor, K:
     it is, without the gather and its scatter back (on a 1M-item 3 x 100 tree's middle level:
     5 ms forward and backward against 70 ms for the per-example gather). When the groups are
     too uneven (M m > 4 B: one hot parent beside many single ones) the padding would cost more
-    than it saves, and the per-example gather is used.
+    than it saves, and the per-example gather is used. The root level (P = 1) is one (B, D) x
+    (D, K) product.
     """
     B, D = q.shape
     P = table.shape[0] // K  # parents of the level
+    if P == 1:  # the root: every example has its K children
+        return q @ table.T
     uniq, inv, counts = torch.unique(prefix, return_inverse=True, return_counts=True)  # (M,), (B,), (M,)
     M, m = len(uniq), int(counts.max())
     if M * m > 4 * B:
@@ -237,19 +240,12 @@ class TreeSoftmax(Head):
         prefix = torch.zeros(len(items), dtype=torch.long, device=q.device)
         loss = q.new_zeros(())
         masked, live = 0.0, 0.0  # per example: known positives masked, competing siblings
-        for lv in range(self.L):
+        for lv in range(self.L if self.leaf_head is None else self.L - 1):  # a leaf head: the leaves after
             child = self._children(prefix)  # (B, K)
             dead = ~t["occupied"][lv][child]  # (B, K) empty children
             target = codes[:, lv]  # (B,) the positive's child
-            if lv == 0 and lv < self.L - 1:  # every example has the root's K children: one (B, D) x (D, K) product
-                logits = q @ self.node_emb[0].weight.T / T  # (B, K)
-            elif lv < self.L - 1:
+            if lv < self.L - 1:
                 logits = prefix_logits(q, prefix, self.node_emb[lv].weight, self.K) / T  # (B, K)
-            elif self.leaf_head is not None:  # the leaves as one flat softmax (the leaf head's)
-                leaf = self.leaf_head(q, batch, item_tower)
-                loss = loss + leaf.loss
-                total = loss.detach()
-                return HeadOutput(loss, LazyLogs(lambda out=leaf, total=total: {**dict(out.logs), "tree_loss": total}))
             elif self.leaf_samples:
                 logits, _, other = self._sampled_leaves(q, t["slot_item"][child], dead, target, users, items,
                                                            item_tower, T)
@@ -272,6 +268,10 @@ class TreeSoftmax(Head):
             live += float((~dead).sum(1).float().mean()) - 1.0
             loss = loss + F.cross_entropy(logits, target)
             prefix = child.gather(1, codes[:, lv:lv + 1]).squeeze(1)
+        if self.leaf_head is not None:  # the leaves as one flat softmax (the leaf head's)
+            leaf = self.leaf_head(q, batch, item_tower)
+            loss = loss + leaf.loss
+            return HeadOutput(loss, LazyLogs(lambda: {**dict(leaf.logs), "tree_loss": loss.detach()}))
         pos_col = target[:, None]  # (B, 1) the positive's column at the leaf level
 
         def logs() -> dict:  # the leaf level's positive and sibling logits (the two-tower scores / T)
@@ -317,8 +317,8 @@ class TreeSoftmax(Head):
         export stores and what ``beam_topk`` searches."""
         if self.tree is None:
             raise ConfigError("TreeSoftmax has no tree: fit or load a checkpoint first.")
-        leaf_T = None if self.leaf_head is None else float(self.leaf_head.temperature())
-        return BeamIndex(self.tree, self.level_tables(), float(self.temperature()), leaf_prior, leaf_T, self.rerank)
+        return BeamIndex(self.tree, self.level_tables(), float(self.temperature()), leaf_prior,
+                         float(self.score_temperature()), self.rerank)
 
     def beam_topk(self, xq: np.ndarray, xb: np.ndarray, k: int, beam: int = 16, exclude=None,
                   temperature: float = 0.0, rerank: bool | None = None, rng: np.random.Generator | None = None,
